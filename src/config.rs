@@ -1,0 +1,108 @@
+//! Configuration: command-line flags, each also read from an environment variable.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+
+/// Liaison, a FHIR R4 server for mental-health care coordination.
+#[derive(Clone, Parser)]
+#[command(version, about)]
+pub struct Config {
+    /// Address and port to listen on.
+    #[arg(long, env = "LIAISON_LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// Database URL: `sqlite://FILE?mode=rwc` (created if missing) or `postgres://USER@HOST/DB`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://liaison.db?mode=rwc"
+    )]
+    pub database_url: String,
+
+    /// Largest number of pooled database connections (readers, for SQLite).
+    #[arg(long, env = "LIAISON_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// Public base URL of the FHIR API, used in Location headers and Bundle links. Defaults to
+    /// `http://{listen-addr}/fhir`.
+    #[arg(long, env = "LIAISON_BASE_URL")]
+    pub base_url: Option<String>,
+
+    /// Largest accepted request body, in bytes; larger bodies get 413.
+    #[arg(long, env = "LIAISON_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `liaison=debug,sqlx=warn`).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_level: String,
+
+    /// Log format.
+    #[arg(long, env = "LIAISON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// The base URL of the FHIR API, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        match &self.base_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}/fhir", self.listen_addr),
+        }
+    }
+
+    /// Settings for tests and embedding: defaults, with the given database.
+    pub fn for_database(database_url: impl Into<String>) -> Self {
+        let mut config = Self::parse_from(["liaison"]);
+        config.database_url = database_url.into();
+        config
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen_addr", &self.listen_addr)
+            .field("database_url", &redact_password(&self.database_url))
+            .field("db_max_connections", &self.db_max_connections)
+            .field("base_url", &self.base_url)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_the_database_password() {
+        let config = Config::for_database("postgres://liaison:s3cret@db/liaison");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"));
+        assert!(shown.contains("liaison:***@db"));
+    }
+}

@@ -1,0 +1,159 @@
+//! `AppError`: every failure a request can meet, answered as an OperationOutcome with the HTTP
+//! status R4 prescribes (http.html). The only error type that becomes a response.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::fhir::outcome::{operation_outcome, Issue, IssueType};
+use crate::store::StoreError;
+
+/// FHIR's JSON media type, used for every response body Liaison writes.
+pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// 400: the request or resource could not be parsed or breaks basic FHIR rules.
+    #[error("bad request")]
+    BadRequest(Vec<Issue>),
+    /// 422: the resource is well formed but breaks a rule of this server (e.g. a reference to a
+    /// resource that does not exist).
+    #[error("unprocessable resource")]
+    Unprocessable(Vec<Issue>),
+    #[error("resource type not supported")]
+    UnknownResourceType(String),
+    #[error("not found")]
+    NotFound(String),
+    #[error("gone")]
+    Gone(String),
+    #[error("precondition failed")]
+    PreconditionFailed(String),
+    #[error("conflict")]
+    Conflict(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("not acceptable")]
+    NotAcceptable(String),
+    #[error("unsupported media type")]
+    UnsupportedMediaType(String),
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("service unavailable")]
+    Unavailable(#[source] StoreError),
+    #[error("internal error")]
+    Internal(#[source] StoreError),
+}
+
+impl AppError {
+    /// A 400 with one issue.
+    pub fn invalid(code: IssueType, diagnostics: impl Into<String>) -> Self {
+        Self::BadRequest(vec![Issue::error(code, diagnostics)])
+    }
+
+    fn status_and_issues(&self) -> (StatusCode, Vec<Issue>) {
+        use IssueType as T;
+        let one = |status, code, text: &str| (status, vec![Issue::error(code, text)]);
+        match self {
+            Self::BadRequest(issues) => (StatusCode::BAD_REQUEST, issues.clone()),
+            Self::Unprocessable(issues) => (StatusCode::UNPROCESSABLE_ENTITY, issues.clone()),
+            Self::UnknownResourceType(t) => one(
+                StatusCode::NOT_FOUND,
+                T::NotSupported,
+                &format!("resource type '{t}' is not supported by this server"),
+            ),
+            Self::NotFound(what) => one(
+                StatusCode::NOT_FOUND,
+                T::NotFound,
+                &format!("{what} is not known"),
+            ),
+            Self::Gone(what) => one(
+                StatusCode::GONE,
+                T::Deleted,
+                &format!("{what} has been deleted"),
+            ),
+            Self::PreconditionFailed(why) => one(StatusCode::PRECONDITION_FAILED, T::Conflict, why),
+            Self::Conflict(why) => one(StatusCode::CONFLICT, T::Conflict, why),
+            Self::MethodNotAllowed => one(
+                StatusCode::METHOD_NOT_ALLOWED,
+                T::NotSupported,
+                "this method is not allowed on this URL",
+            ),
+            Self::NotAcceptable(why) => one(StatusCode::NOT_ACCEPTABLE, T::NotSupported, why),
+            Self::UnsupportedMediaType(why) => {
+                one(StatusCode::UNSUPPORTED_MEDIA_TYPE, T::NotSupported, why)
+            }
+            Self::PayloadTooLarge => one(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                T::TooLong,
+                "the request body is too large",
+            ),
+            Self::Unavailable(_) => one(
+                StatusCode::SERVICE_UNAVAILABLE,
+                T::Transient,
+                "the database is unavailable; retry later",
+            ),
+            Self::Internal(_) => one(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                T::Exception,
+                "internal server error",
+            ),
+        }
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => Self::Unavailable(e),
+            StoreError::VersionConflict => Self::PreconditionFailed(
+                "the resource has changed: its version is not the one in If-Match".into(),
+            ),
+            StoreError::Duplicate => {
+                Self::Conflict("a resource with this id already exists".into())
+            }
+            StoreError::MultipleMatches(n) => Self::PreconditionFailed(format!(
+                "the condition matched {n} resources; it must match at most one"
+            )),
+            StoreError::MissingReferences(missing) => Self::Unprocessable(
+                missing
+                    .into_iter()
+                    .map(|r| {
+                        Issue::at(
+                            IssueType::NotFound,
+                            r.expression,
+                            format!(
+                                "the referenced resource {}/{} does not exist",
+                                r.resource_type, r.id
+                            ),
+                        )
+                    })
+                    .collect(),
+            ),
+            other => Self::Internal(other),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, issues) = self.status_and_issues();
+        match &self {
+            Self::Internal(source) | Self::Unavailable(source) => {
+                // Detail goes to the log (never clinical content: store errors carry none); the
+                // client gets the generic text.
+                tracing::error!(error = %source, detail = ?source, status = status.as_u16(), "request failed");
+            }
+            _ => tracing::debug!(
+                status = status.as_u16(),
+                issues = issues.len(),
+                "request rejected"
+            ),
+        }
+        let mut response = (status, operation_outcome(&issues).to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}

@@ -1,0 +1,63 @@
+//! `GET /metadata`: the CapabilityStatement, generated from the registry so that it claims
+//! exactly what the router serves (capabilitystatement.html).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::negotiate::Format;
+use crate::fhir::registry::{CONDITIONAL_CREATE_PARAMS, TYPE_INTERACTIONS};
+use crate::state::AppState;
+
+/// The CapabilityStatement of this server.
+pub fn capability_statement(state: &AppState) -> Value {
+    let resources: Vec<Value> = state
+        .registry
+        .types()
+        .map(|ty| {
+            json!({
+                "type": ty.as_str(),
+                "profile": format!("http://hl7.org/fhir/StructureDefinition/{ty}"),
+                "interaction": TYPE_INTERACTIONS.iter().map(|code| json!({ "code": code })).collect::<Vec<_>>(),
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": true,
+                "conditionalRead": "not-match",
+                "conditionalUpdate": false,
+                "conditionalDelete": "not-supported",
+                "referencePolicy": ["literal", "enforced", "local"],
+                "searchParam": CONDITIONAL_CREATE_PARAMS.iter().map(|p| json!({
+                    "name": p,
+                    "type": "token",
+                    "documentation": "Usable in If-None-Exist (conditional create)."
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": crate::fhir::format_instant(crate::fhir::now_millis()),
+        "publisher": "Liaison",
+        "kind": "instance",
+        "software": { "name": "Liaison", "version": env!("CARGO_PKG_VERSION") },
+        "implementation": {
+            "description": "Liaison FHIR R4 server for mental-health care coordination",
+            "url": state.base_url,
+        },
+        "fhirVersion": "4.0.1",
+        "format": ["json", "application/fhir+json", "application/json"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": [{ "code": "history-system" }],
+        }],
+    })
+}
+
+/// `GET /metadata`.
+pub async fn metadata(State(state): State<AppState>, format: Format) -> Response {
+    format.respond(StatusCode::OK, capability_statement(&state).to_string())
+}

@@ -1,0 +1,101 @@
+//! The HTTP API: routes under `/fhir`, health checks, and the layers every request passes
+//! (request id, tracing, body limit). Handlers are generic over resource types; the registry
+//! decides which types exist.
+
+mod capabilities;
+mod history;
+mod negotiate;
+mod resource;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderName, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use capabilities::capability_statement;
+
+use crate::error::AppError;
+use crate::state::AppState;
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The complete router, ready to serve.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let fhir = Router::new()
+        .route("/metadata", get(capabilities::metadata))
+        .route("/_history", get(history::system))
+        .route("/{type}", axum::routing::post(resource::create))
+        .route("/{type}/_history", get(history::type_level))
+        .route(
+            "/{type}/{id}",
+            get(resource::read)
+                .put(resource::update)
+                .delete(resource::delete),
+        )
+        .route("/{type}/{id}/_history", get(history::instance))
+        .route("/{type}/{id}/_history/{vid}", get(resource::vread))
+        .method_not_allowed_fallback(method_not_allowed);
+
+    Router::new()
+        .nest("/fhir", fhir)
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let route = req
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default();
+            let request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+            // The matched route, never the raw path: paths carry ids, query strings may carry
+            // patient identifiers.
+            tracing::info_span!("request", method = %req.method(), route = %route, request_id = %request_id)
+        }))
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn method_not_allowed() -> AppError {
+    AppError::MethodNotAllowed
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound("this URL".into())
+}
+
+/// Liveness: the process answers.
+async fn live() -> Response {
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        r#"{"status":"pass"}"#,
+    )
+        .into_response()
+}
+
+/// Readiness: the database answers.
+async fn ready(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            r#"{"status":"pass"}"#,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [("content-type", "application/json")],
+                r#"{"status":"fail"}"#,
+            )
+                .into_response()
+        }
+    }
+}

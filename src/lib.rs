@@ -1,0 +1,62 @@
+//! Liaison: a FHIR R4 server for mental-health care coordination.
+//!
+//! Layout tour:
+//! - [`config`]: command-line flags and environment variables (clap).
+//! - [`telemetry`]: log set-up.
+//! - [`fhir`]: FHIR knowledge free of HTTP and SQL — the embedded R4 definitions, validation,
+//!   the registry of supported resource types, OperationOutcome, Bundles, `meta` stamping.
+//! - [`store`]: resource versions on SQLite or PostgreSQL; one transaction per write.
+//! - [`http`]: the axum router — one generic handler per FHIR interaction, content negotiation,
+//!   CapabilityStatement, health checks.
+//! - [`error`]: `AppError`, the single error type that becomes an HTTP response.
+//! - [`state`]: `AppState`, what handlers share (store, registry, base URL).
+//!
+//! Dependencies point one way: `http` uses `fhir` and `store`; `store` uses `fhir`; `fhir`
+//! uses neither.
+//!
+//! Conventions: resources travel as `serde_json` maps, stored and served as the client sent them
+//! (apart from the `meta` elements the server owns); errors carry resource types and ids, never
+//! clinical content; specification references cite R4 page names (e.g. `http.html#update`).
+
+pub mod config;
+pub mod error;
+pub mod fhir;
+pub mod http;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+
+use std::future::Future;
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use state::AppState;
+
+/// Opens and migrates the store named by `config` and builds the application state.
+pub async fn build_state(config: &Config) -> Result<AppState, store::StoreError> {
+    let store = store::Store::connect(&config.database_url, config.db_max_connections).await?;
+    store.migrate().await?;
+    Ok(AppState::new(
+        store,
+        fhir::registry::Registry::r4(),
+        config.base_url(),
+    ))
+}
+
+/// The application router for `state`.
+pub fn app(state: AppState, config: &Config) -> Router {
+    http::router(state, config.max_body_bytes)
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,48 @@
+//! The `liaison` binary: parse configuration, set up logging, open the store, serve.
+
+use anyhow::Context;
+use clap::Parser;
+use liaison::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    liaison::telemetry::init(&config);
+    tracing::info!(config = ?config, "starting Liaison");
+
+    let state = liaison::build_state(&config)
+        .await
+        .context("opening the database")?;
+    let app = liaison::app(state, &config);
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("binding {}", config.listen_addr))?;
+    tracing::info!(address = %config.listen_addr, base_url = %config.base_url(), "serving FHIR R4");
+    liaison::serve(listener, app, shutdown_signal())
+        .await
+        .context("serving")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

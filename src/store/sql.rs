@@ -1,0 +1,89 @@
+//! The SQL the store runs. One text serves both engines unless it is in [`Dialect`].
+
+/// What differs between SQLite and PostgreSQL.
+pub struct Dialect {
+    /// Starts a write transaction.
+    pub begin_write: &'static str,
+    /// Serialises conditional creates with the same condition (`$1`: a 64-bit key).
+    pub lock_condition: &'static str,
+    /// Finds a live resource that a reference points at and keeps it from being deleted until
+    /// the referring write commits.
+    pub reference_exists: &'static str,
+}
+
+/// SQLite: `BEGIN IMMEDIATE` takes the write lock up front, so a transaction never fails to
+/// upgrade a read lock; with one writer there is nothing else to lock.
+pub const SQLITE: Dialect = Dialect {
+    begin_write: "BEGIN IMMEDIATE",
+    lock_condition: "SELECT $1",
+    reference_exists:
+        "SELECT version_id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted",
+};
+
+/// PostgreSQL: advisory and row locks make concurrent replicas behave as one server.
+pub const POSTGRES: Dialect = Dialect {
+    begin_write: "BEGIN",
+    lock_condition: "SELECT pg_advisory_xact_lock($1)",
+    reference_exists: "SELECT version_id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted FOR SHARE",
+};
+
+/// Columns of [`super::Version`] from `resources`.
+pub const SELECT_CURRENT: &str = "SELECT resource_type, id, version_id, last_updated, \
+     CASE WHEN deleted THEN 'DELETE' WHEN version_id = 1 THEN 'POST' ELSE 'PUT' END AS method, content \
+     FROM resources WHERE resource_type = $1 AND id = $2";
+
+pub const SELECT_CURRENT_VERSION: &str =
+    "SELECT version_id, deleted FROM resources WHERE resource_type = $1 AND id = $2";
+
+pub const SELECT_VERSION: &str =
+    "SELECT resource_type, id, version_id, last_updated, method, content \
+     FROM resource_history WHERE resource_type = $1 AND id = $2 AND version_id = $3";
+
+/// `$7` (the version replaced) is unused here; it keeps the binds of insert and update alike.
+pub const INSERT_CURRENT: &str =
+    "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, content) \
+     SELECT $1, $2, $3, $4, $5, $6 WHERE $7 = 0 \
+     ON CONFLICT (resource_type, id) DO NOTHING";
+
+/// Compare-and-swap: replaces the current row only if it is still version `$7`.
+pub const UPDATE_CURRENT: &str =
+    "UPDATE resources SET version_id = $3, last_updated = $4, deleted = $5, content = $6 \
+     WHERE resource_type = $1 AND id = $2 AND version_id = $7";
+
+pub const INSERT_HISTORY: &str =
+    "INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, content) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+
+pub const DELETE_TOKENS: &str =
+    "DELETE FROM search_token WHERE resource_type = $1 AND resource_id = $2";
+
+pub const INSERT_TOKEN: &str =
+    "INSERT INTO search_token (resource_type, resource_id, param, system, code) VALUES ($1, $2, $3, $4, $5)";
+
+pub const MATCH_ID: &str =
+    "SELECT id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted";
+
+/// `$4` true: any system; otherwise the system must equal `$5` (NULL: no system).
+pub const MATCH_TOKEN: &str = "SELECT DISTINCT resource_id FROM search_token \
+     WHERE resource_type = $1 AND param = $2 AND code = $3 \
+     AND ($4 OR system = $5 OR (system IS NULL AND $5 IS NULL)) LIMIT 2";
+
+// History pages, newest first. Binds after the scope: since, the cursor (last_updated,
+// resource_type, id, version_id) that the page starts after, and the page size.
+pub const HISTORY_SYSTEM: &str =
+    "SELECT resource_type, id, version_id, last_updated, method, content \
+     FROM resource_history WHERE last_updated >= $1 \
+     AND (last_updated, resource_type, id, version_id) < ($2, $3, $4, $5) \
+     ORDER BY last_updated DESC, resource_type DESC, id DESC, version_id DESC LIMIT $6";
+
+pub const HISTORY_TYPE: &str =
+    "SELECT resource_type, id, version_id, last_updated, method, content \
+     FROM resource_history WHERE resource_type = $1 AND last_updated >= $2 \
+     AND (last_updated, resource_type, id, version_id) < ($3, $4, $5, $6) \
+     ORDER BY last_updated DESC, resource_type DESC, id DESC, version_id DESC LIMIT $7";
+
+pub const HISTORY_INSTANCE: &str =
+    "SELECT resource_type, id, version_id, last_updated, method, content \
+     FROM resource_history WHERE resource_type = $1 AND id = $2 AND last_updated >= $3 \
+     AND (last_updated, resource_type, id, version_id) < ($4, $5, $6, $7) \
+     ORDER BY last_updated DESC, resource_type DESC, id DESC, version_id DESC LIMIT $8";

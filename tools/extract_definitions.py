@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Extract the compact FHIR R4 definitions Liaison validates against.
+
+Reads the official, unmodified R4 4.0.1 specification files (one resource per file, as HL7
+publishes them in the CC0 npm package hl7.fhir.r4.examples) from DIR and writes
+src/fhir/definitions/r4.json, which the server embeds at build time. Run it only when the
+definitions change; the server and the tests never read DIR.
+
+    npm pack hl7.fhir.r4.examples@4.0.1 && tar xzf hl7.fhir.r4.examples-4.0.1.tgz
+    python3 tools/extract_definitions.py package
+
+Output shape (keys are short because the file is parsed at every start-up):
+  {"types": {Name: {"kind": k, "base": b, "elements": [[path, min, max, types, binding?, ref?]]}},
+   "valueSets": {url: [[system, [code, ...]], ...]}}
+  types   -- type codes; a Reference or canonical carries its allowed targets: "Reference(Patient|Group)"
+  binding -- the value set url of a *required* binding whose codes could be enumerated
+  ref     -- contentReference, e.g. "#QuestionnaireResponse.item"
+"""
+
+import json
+import os
+import sys
+
+FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
+SD_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
+
+
+def load_all(src, resource_type):
+    for name in sorted(os.listdir(src)):
+        if name.startswith(resource_type + "-") and name.endswith(".json"):
+            with open(os.path.join(src, name), encoding="utf-8") as f:
+                yield json.load(f)
+
+
+def type_code(t):
+    """The FHIR type of one ElementDefinition.type entry (System.String for ids means id/string)."""
+    code = t["code"]
+    if code.startswith("http://hl7.org/fhirpath/System."):
+        for ext in t.get("extension", []):
+            if ext["url"] == FHIR_TYPE_EXT:
+                return ext.get("valueUrl") or ext.get("valueUri")
+        return "string"
+    targets = [p[len(SD_PREFIX):] for p in t.get("targetProfile", []) if p.startswith(SD_PREFIX)]
+    if code in ("Reference", "canonical") and targets:
+        return f"{code}({'|'.join(targets)})"
+    return code
+
+
+def concepts(concept_list):
+    for c in concept_list:
+        yield c["code"]
+        yield from concepts(c.get("concept", []))
+
+
+def expand(url, value_sets, code_systems, seen=()):
+    """Enumerate a value set as [(system, codes)], or None when it cannot be enumerated here
+    (external code systems such as SNOMED CT, UCUM, BCP-47 or MIME types, or filters)."""
+    url = url.split("|")[0]
+    vs = value_sets.get(url)
+    if vs is None or url in seen:
+        return None
+    compose = vs.get("compose", {})
+    if compose.get("exclude"):
+        return None
+    out = []
+    for inc in compose.get("include", []):
+        if inc.get("filter"):
+            return None
+        for nested in inc.get("valueSet", []):
+            sub = expand(nested, value_sets, code_systems, seen + (url,))
+            if sub is None:
+                return None
+            out.extend(sub)
+        system = inc.get("system")
+        if system is None:
+            continue
+        if inc.get("concept"):
+            out.append((system, [c["code"] for c in inc["concept"]]))
+            continue
+        cs = code_systems.get(system)
+        if cs is None or cs.get("content") not in ("complete", None) or not cs.get("concept"):
+            return None
+        out.append((system, list(concepts(cs["concept"]))))
+    return out or None
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    src = sys.argv[1]
+    sds = [
+        r
+        for r in load_all(src, "StructureDefinition")
+        if r["kind"] in ("primitive-type", "complex-type", "resource")
+        and r.get("derivation") != "constraint"
+    ]
+    value_sets = {r["url"]: r for r in load_all(src, "ValueSet")}
+    code_systems = {r["url"]: r for r in load_all(src, "CodeSystem")}
+
+    types, expanded = {}, {}
+    for sd in sds:
+        elements = []
+        for el in sd["snapshot"]["element"]:
+            if "." not in el["path"]:
+                continue
+            row = [el["path"], el["min"], el["max"], [type_code(t) for t in el.get("type", [])]]
+            binding = el.get("binding", {})
+            vs_url = binding.get("valueSet", "").split("|")[0]
+            if binding.get("strength") == "required" and vs_url:
+                if vs_url not in expanded:
+                    expanded[vs_url] = expand(vs_url, value_sets, code_systems)
+                row.append(vs_url if expanded[vs_url] else None)
+            if "contentReference" in el:
+                row += [None] * (5 - len(row)) + [el["contentReference"]]
+            while row[-1] is None:
+                row.pop()
+            elements.append(row)
+        base = sd.get("baseDefinition", "")
+        types[sd["id"]] = {
+            "kind": sd["kind"],
+            "abstract": sd.get("abstract", False),
+            "base": base[len(SD_PREFIX):] if base.startswith(SD_PREFIX) else None,
+            "elements": elements,
+        }
+    out = {
+        "fhirVersion": "4.0.1",
+        "types": types,
+        "valueSets": {url: codes for url, codes in sorted(expanded.items()) if codes},
+    }
+    dest = os.path.join(os.path.dirname(__file__), "..", "src", "fhir", "definitions", "r4.json")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with open(dest, "w", encoding="utf-8") as f:
+        json.dump(out, f, separators=(",", ":"), sort_keys=False)
+        f.write("\n")
+    print(f"{len(types)} types, {len(out['valueSets'])} required value sets -> {os.path.normpath(dest)}")
+
+
+if __name__ == "__main__":
+    main()
