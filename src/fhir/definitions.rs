@@ -179,6 +179,15 @@ fn parse_element(row: &serde_json::Value) -> Option<ElementDef> {
         .get(5)
         .and_then(|v| v.as_str())
         .map(|r| r.trim_start_matches('#').to_owned());
+    // An element defined by contentReference has the structure of its target: a backbone.
+    let types = if types.is_empty() && content_reference.is_some() {
+        vec![TypeRef {
+            code: "BackboneElement".into(),
+            targets: Vec::new(),
+        }]
+    } else {
+        types
+    };
     let last = path.rsplit('.').next()?;
     let (name, choice) = match last.strip_suffix("[x]") {
         Some(stem) => (stem.to_owned(), true),
@@ -235,6 +244,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn content_references_are_backbones_of_their_target() {
+        let defs = Definitions::r4();
+        let item = defs
+            .children("QuestionnaireResponse.item")
+            .iter()
+            .find(|e| e.name == "item")
+            .unwrap();
+        assert_eq!(item.children_path(), Some("QuestionnaireResponse.item"));
     }
 
     #[test]

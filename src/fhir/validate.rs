@@ -65,15 +65,15 @@ impl Walk<'_> {
     }
 
     fn resource(&mut self, obj: &Map<String, Value>, type_name: &str, expr: &str, top_level: bool) {
-        if top_level {
-            self.contained_ids = obj
-                .get("contained")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
+        // `#id` references resolve among the container's contained resources, from the
+        // container and from its contained resources alike (references.html#contained).
+        if let Some(contained) = obj.get("contained").and_then(Value::as_array) {
+            self.contained_ids = contained
+                .iter()
                 .filter_map(|c| c.get("id").and_then(Value::as_str).map(str::to_owned))
                 .collect();
-        } else if obj.contains_key("contained") {
+        }
+        if !top_level && obj.contains_key("contained") {
             // dom-2: a contained resource SHALL NOT contain additional contained resources.
             self.issue(
                 IssueType::Invariant,
@@ -276,7 +276,7 @@ impl Walk<'_> {
     fn inline_resource(&mut self, obj: &Map<String, Value>, expr: &str) {
         match obj.get("resourceType").and_then(Value::as_str) {
             Some(t) if self.defs.is_resource_type(t) => {
-                let saved = std::mem::take(&mut self.contained_ids);
+                let saved = self.contained_ids.clone();
                 self.resource(obj, t, expr, false);
                 self.contained_ids = saved;
             }

@@ -55,12 +55,14 @@ fn parse_params(query: Option<&str>) -> Result<Params, AppError> {
             }
             // Formatting parameters are handled by content negotiation.
             "_format" | "_pretty" => {}
-            other => return Err(AppError::invalid(
-                IssueType::NotSupported,
-                format!(
+            other => {
+                return Err(AppError::invalid(
+                    IssueType::NotSupported,
+                    format!(
                     "history does not support the parameter '{other}' (supported: _count, _since)"
                 ),
-            )),
+                ))
+            }
         }
     }
     Ok(params)

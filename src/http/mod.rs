@@ -37,7 +37,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/{type}/{id}/_history", get(history::instance))
         .route("/{type}/{id}/_history/{vid}", get(resource::vread))
-        .method_not_allowed_fallback(method_not_allowed);
+        .method_not_allowed_fallback(resource::method_not_allowed);
 
     Router::new()
         .nest("/fhir", fhir)
@@ -59,10 +59,6 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
         .with_state(state)
-}
-
-async fn method_not_allowed() -> AppError {
-    AppError::MethodNotAllowed
 }
 
 async fn not_found() -> AppError {

@@ -355,3 +355,15 @@ pub async fn delete(
     }
     Ok(response)
 }
+
+/// A method the route does not offer: 404 when the URL names a type this server does not hold
+/// (so that unknown types always answer 404), 405 otherwise.
+pub async fn method_not_allowed(State(state): State<AppState>, mut parts: Parts) -> AppError {
+    match path_params(&mut parts, &state).await {
+        Ok(params) if params.contains_key("type") => match supported_type(&state, &params) {
+            Ok(_) => AppError::MethodNotAllowed,
+            Err(unknown) => unknown,
+        },
+        _ => AppError::MethodNotAllowed,
+    }
+}

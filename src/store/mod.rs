@@ -427,7 +427,7 @@ impl Store {
                 }
             }
 
-            let current: Option<(i64, bool)> = sqlx::query_as(sql::SELECT_CURRENT_VERSION)
+            let current: Option<(i64, bool)> = sqlx::query_as(dialect.select_current_for_write)
                 .bind(ty.as_str())
                 .bind(id)
                 .fetch_optional(&mut *tx)

@@ -6,6 +6,9 @@ pub struct Dialect {
     pub begin_write: &'static str,
     /// Serialises conditional creates with the same condition (`$1`: a 64-bit key).
     pub lock_condition: &'static str,
+    /// Reads the current version for a write; on PostgreSQL it also locks the row, so that
+    /// concurrent writers of one resource queue instead of racing.
+    pub select_current_for_write: &'static str,
     /// Finds a live resource that a reference points at and keeps it from being deleted until
     /// the referring write commits.
     pub reference_exists: &'static str,
@@ -16,6 +19,7 @@ pub struct Dialect {
 pub const SQLITE: Dialect = Dialect {
     begin_write: "BEGIN IMMEDIATE",
     lock_condition: "SELECT $1",
+    select_current_for_write: SELECT_CURRENT_VERSION,
     reference_exists:
         "SELECT version_id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted",
 };
@@ -24,6 +28,7 @@ pub const SQLITE: Dialect = Dialect {
 pub const POSTGRES: Dialect = Dialect {
     begin_write: "BEGIN",
     lock_condition: "SELECT pg_advisory_xact_lock($1)",
+    select_current_for_write: "SELECT version_id, deleted FROM resources WHERE resource_type = $1 AND id = $2 FOR UPDATE",
     reference_exists: "SELECT version_id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted FOR SHARE",
 };
 

@@ -1,0 +1,171 @@
+//! Content negotiation, the CapabilityStatement, routing errors, health, and a real socket.
+
+use std::collections::BTreeSet;
+
+use axum::http::Method;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{fixtures, TestApp};
+
+pub async fn xml_is_refused_with_406(app: TestApp) {
+    let r = app.get("metadata?_format=xml").await;
+    r.expect(406);
+    assert_eq!(r.issues()[0]["code"], "not-supported");
+    app.send(
+        Method::GET,
+        "metadata",
+        &[("accept", "application/fhir+xml")],
+        None,
+    )
+    .await
+    .expect(406);
+    app.send(
+        Method::GET,
+        "metadata",
+        &[(
+            "accept",
+            "application/fhir+xml, application/fhir+json;q=0.9",
+        )],
+        None,
+    )
+    .await
+    .expect(200);
+}
+
+pub async fn json_flavours_and_pretty_printing(app: TestApp) {
+    let created = app.create(fixtures::patient()).await;
+    let path = format!("Patient/{}", created["id"].as_str().unwrap());
+    let plain = app
+        .send(Method::GET, &path, &[("accept", "application/json")], None)
+        .await;
+    plain.expect(200);
+    assert!(plain
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+    let fhir = app.get(&format!("{path}?_format=json")).await;
+    assert!(fhir
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/fhir+json"));
+    assert!(!fhir.text.contains('\n'));
+    let pretty = app.get(&format!("{path}?_pretty=true")).await;
+    assert!(pretty.text.contains("\n  \"resourceType\""));
+    assert_eq!(pretty.json, fhir.json);
+}
+
+pub async fn metadata_lists_exactly_what_is_served(app: TestApp) {
+    let r = app.get("metadata").await;
+    r.expect(200);
+    let cs = &r.json;
+    assert_eq!(cs["resourceType"], "CapabilityStatement");
+    assert_eq!(cs["fhirVersion"], "4.0.1");
+    assert_eq!(cs["kind"], "instance");
+    let resources = cs["rest"][0]["resource"].as_array().unwrap();
+    let types: BTreeSet<&str> = resources
+        .iter()
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
+    let expected: BTreeSet<&str> = [
+        "CarePlan",
+        "CareTeam",
+        "Condition",
+        "Encounter",
+        "Goal",
+        "Observation",
+        "Organization",
+        "Patient",
+        "Practitioner",
+        "PractitionerRole",
+        "QuestionnaireResponse",
+        "ServiceRequest",
+        "Task",
+    ]
+    .into();
+    assert_eq!(types, expected);
+    // Every advertised type answers its interactions; a type not listed does not.
+    for resource in resources {
+        let ty = resource["type"].as_str().unwrap();
+        let codes: Vec<&str> = resource["interaction"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["code"].as_str().unwrap())
+            .collect();
+        assert!(
+            !codes.contains(&"search-type"),
+            "search is not implemented yet and must not be claimed"
+        );
+        assert!(codes.contains(&"read") && codes.contains(&"history-type"));
+        app.get(&format!("{ty}/_history")).await.expect(200);
+        app.get(&format!("{ty}/unknown-id")).await.expect(404);
+    }
+    assert_eq!(cs["rest"][0]["interaction"][0]["code"], "history-system");
+    // The statement itself is a valid R4 resource.
+    let defs = liaison::fhir::definitions::Definitions::r4();
+    let report = liaison::fhir::validate::validate(&defs, cs.as_object().unwrap());
+    assert!(report.issues.is_empty(), "{:?}", report.issues);
+}
+
+pub async fn unknown_routes_and_methods_get_operation_outcomes(app: TestApp) {
+    let r = app.get("/nowhere").await;
+    r.expect(404);
+    assert_eq!(r.issues()[0]["code"], "not-found");
+    let r = app.send(Method::PATCH, "Patient/1", &[], None).await;
+    r.expect(405);
+    assert_eq!(r.issues()[0]["code"], "not-supported");
+    app.send(Method::DELETE, "metadata", &[], None)
+        .await
+        .expect(405);
+}
+
+pub async fn health_endpoints_answer(app: TestApp) {
+    app.get("/health/live").await.expect(200);
+    let r = app.get("/health/ready").await;
+    r.expect(200);
+    assert_eq!(r.json["status"], "pass");
+}
+
+/// One request through a real TCP socket: the router as `serve` runs it.
+pub async fn serves_over_a_real_socket(app: TestApp) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(liaison::serve(listener, app.router.clone(), async {
+        let _ = stopped.await;
+    }));
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket
+        .write_all(b"GET /fhir/metadata HTTP/1.1\r\nHost: localhost\r\nAccept: application/fhir+json\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    socket.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200 OK"), "{raw}");
+    assert!(
+        raw.to_ascii_lowercase().contains("x-request-id:"),
+        "every response carries a request id"
+    );
+    let body: Value = serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["resourceType"], "CapabilityStatement");
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+/// Two servers on one database behave as one: nothing lives in a server's memory.
+pub async fn two_servers_share_one_database(app: TestApp) {
+    let other = TestApp::connect(app.backend, &app.database_url).await;
+    let created = app.create(fixtures::patient()).await;
+    let path = format!("Patient/{}", created["id"].as_str().unwrap());
+    other.get(&path).await.expect(200);
+    let body = Some(created.to_string());
+    other
+        .send(Method::PUT, &path, &[("if-match", "W/\"1\"")], body.clone())
+        .await
+        .expect(200);
+    app.send(Method::PUT, &path, &[("if-match", "W/\"1\"")], body)
+        .await
+        .expect(412);
+    assert_eq!(app.get(&path).await.json["meta"]["versionId"], "2");
+}
