@@ -3,6 +3,7 @@
 
 pub mod bundle;
 pub mod definitions;
+pub mod json;
 pub mod outcome;
 pub mod primitives;
 pub mod registry;

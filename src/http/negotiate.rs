@@ -143,18 +143,9 @@ impl<S: Send + Sync> FromRequest<S> for FhirJson {
                 AppError::invalid(IssueType::Structure, "the request body could not be read")
             }
         })?;
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(map)) => Ok(Self(map)),
-            Ok(_) => Err(AppError::invalid(
-                IssueType::Structure,
-                "the body must be a JSON object (a FHIR resource)",
-            )),
-            // serde_json's message names the line and column only, never the content.
-            Err(e) => Err(AppError::invalid(
-                IssueType::Structure,
-                format!("the body is not valid JSON: {e}"),
-            )),
-        }
+        crate::fhir::json::parse_object(&bytes)
+            .map(Self)
+            .map_err(|why| AppError::invalid(IssueType::Structure, why))
     }
 }
 

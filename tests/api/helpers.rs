@@ -219,6 +219,18 @@ impl TestApp {
         headers: &[(&str, &str)],
         body: Option<String>,
     ) -> TestResponse {
+        self.send_bytes(method, path, headers, body.map(String::into_bytes))
+            .await
+    }
+
+    /// Like [`Self::send`], with a body that need not be UTF-8.
+    pub async fn send_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> TestResponse {
         let uri = if path.starts_with('/') {
             path.to_owned()
         } else {

@@ -76,15 +76,19 @@ pub async fn malformed_json_is_400(app: TestApp) {
         r.expect(400);
         assert_eq!(r.issues()[0]["code"], "structure", "{body:?}");
     }
-    let invalid_utf8 = app
-        .send(
-            Method::POST,
-            "Patient",
-            &[],
-            Some(String::from_utf8_lossy(b"{\"a\":\"\xff\"}").into_owned()),
-        )
+    let duplicate = r#"{"resourceType": "Patient", "active": true, "active": false}"#;
+    let r = app
+        .send(Method::POST, "Patient", &[], Some(duplicate.to_owned()))
         .await;
-    invalid_utf8.expect(400);
+    r.expect(400);
+    assert!(r.issues()[0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("duplicate JSON key 'active'"));
+    let invalid_utf8 = b"{\"resourceType\":\"Patient\",\"name\":[{\"text\":\"\xff\"}]}".to_vec();
+    app.send_bytes(Method::POST, "Patient", &[], Some(invalid_utf8))
+        .await
+        .expect(400);
     let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
     app.send(
         Method::POST,
