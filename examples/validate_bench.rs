@@ -14,18 +14,13 @@ fn main() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/fixtures/examples");
     let resources: Vec<Value> = std::fs::read_dir(dir)
         .expect("fixtures directory")
-        .map(|e| {
-            serde_json::from_str(&std::fs::read_to_string(e.unwrap().path()).unwrap()).unwrap()
-        })
+        .map(|e| serde_json::from_str(&std::fs::read_to_string(e.unwrap().path()).unwrap()).unwrap())
         .collect();
     let bytes: usize = resources.iter().map(|r| r.to_string().len()).sum();
 
     let start = Instant::now();
     let defs = Definitions::r4();
-    println!(
-        "definitions loaded in {:.1} ms",
-        start.elapsed().as_secs_f64() * 1e3
-    );
+    println!("definitions loaded in {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
 
     let rounds = 200;
     let start = Instant::now();

@@ -13,11 +13,7 @@ pub struct Config {
     pub listen_addr: SocketAddr,
 
     /// Database URL: `sqlite://FILE?mode=rwc` (created if missing) or `postgres://USER@HOST/DB`.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sqlite://liaison.db?mode=rwc"
-    )]
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://liaison.db?mode=rwc")]
     pub database_url: String,
 
     /// Largest number of pooled database connections (readers, for SQLite).

@@ -60,42 +60,20 @@ impl AppError {
                 T::NotSupported,
                 &format!("resource type '{t}' is not supported by this server"),
             ),
-            Self::NotFound(what) => one(
-                StatusCode::NOT_FOUND,
-                T::NotFound,
-                &format!("{what} is not known"),
-            ),
-            Self::Gone(what) => one(
-                StatusCode::GONE,
-                T::Deleted,
-                &format!("{what} has been deleted"),
-            ),
+            Self::NotFound(what) => one(StatusCode::NOT_FOUND, T::NotFound, &format!("{what} is not known")),
+            Self::Gone(what) => one(StatusCode::GONE, T::Deleted, &format!("{what} has been deleted")),
             Self::PreconditionFailed(why) => one(StatusCode::PRECONDITION_FAILED, T::Conflict, why),
             Self::Conflict(why) => one(StatusCode::CONFLICT, T::Conflict, why),
-            Self::MethodNotAllowed => one(
-                StatusCode::METHOD_NOT_ALLOWED,
-                T::NotSupported,
-                "this method is not allowed on this URL",
-            ),
-            Self::NotAcceptable(why) => one(StatusCode::NOT_ACCEPTABLE, T::NotSupported, why),
-            Self::UnsupportedMediaType(why) => {
-                one(StatusCode::UNSUPPORTED_MEDIA_TYPE, T::NotSupported, why)
+            Self::MethodNotAllowed => {
+                one(StatusCode::METHOD_NOT_ALLOWED, T::NotSupported, "this method is not allowed on this URL")
             }
-            Self::PayloadTooLarge => one(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                T::TooLong,
-                "the request body is too large",
-            ),
-            Self::Unavailable(_) => one(
-                StatusCode::SERVICE_UNAVAILABLE,
-                T::Transient,
-                "the database is unavailable; retry later",
-            ),
-            Self::Internal(_) => one(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                T::Exception,
-                "internal server error",
-            ),
+            Self::NotAcceptable(why) => one(StatusCode::NOT_ACCEPTABLE, T::NotSupported, why),
+            Self::UnsupportedMediaType(why) => one(StatusCode::UNSUPPORTED_MEDIA_TYPE, T::NotSupported, why),
+            Self::PayloadTooLarge => one(StatusCode::PAYLOAD_TOO_LARGE, T::TooLong, "the request body is too large"),
+            Self::Unavailable(_) => {
+                one(StatusCode::SERVICE_UNAVAILABLE, T::Transient, "the database is unavailable; retry later")
+            }
+            Self::Internal(_) => one(StatusCode::INTERNAL_SERVER_ERROR, T::Exception, "internal server error"),
         }
     }
 }
@@ -104,15 +82,13 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(_) => Self::Unavailable(e),
-            StoreError::VersionConflict => Self::PreconditionFailed(
-                "the resource has changed: its version is not the one in If-Match".into(),
-            ),
-            StoreError::Duplicate => {
-                Self::Conflict("a resource with this id already exists".into())
+            StoreError::VersionConflict => {
+                Self::PreconditionFailed("the resource has changed: its version is not the one in If-Match".into())
             }
-            StoreError::MultipleMatches(n) => Self::PreconditionFailed(format!(
-                "the condition matched {n} resources; it must match at most one"
-            )),
+            StoreError::Duplicate => Self::Conflict("a resource with this id already exists".into()),
+            StoreError::MultipleMatches(n) => {
+                Self::PreconditionFailed(format!("the condition matched {n} resources; it must match at most one"))
+            }
             StoreError::MissingReferences(missing) => Self::Unprocessable(
                 missing
                     .into_iter()
@@ -120,10 +96,7 @@ impl From<StoreError> for AppError {
                         Issue::at(
                             IssueType::NotFound,
                             r.expression,
-                            format!(
-                                "the referenced resource {}/{} does not exist",
-                                r.resource_type, r.id
-                            ),
+                            format!("the referenced resource {}/{} does not exist", r.resource_type, r.id),
                         )
                     })
                     .collect(),
@@ -142,11 +115,7 @@ impl IntoResponse for AppError {
                 // client gets the generic text.
                 tracing::error!(error = %source, detail = ?source, status = status.as_u16(), "request failed");
             }
-            _ => tracing::debug!(
-                status = status.as_u16(),
-                issues = issues.len(),
-                "request rejected"
-            ),
+            _ => tracing::debug!(status = status.as_u16(), issues = issues.len(), "request rejected"),
         }
         let mut response = (status, operation_outcome(&issues).to_string()).into_response();
         let headers = response.headers_mut();

@@ -38,11 +38,7 @@ pub use state::AppState;
 pub async fn build_state(config: &Config) -> Result<AppState, store::StoreError> {
     let store = store::Store::connect(&config.database_url, config.db_max_connections).await?;
     store.migrate().await?;
-    Ok(AppState::new(
-        store,
-        fhir::registry::Registry::r4(),
-        config.base_url(),
-    ))
+    Ok(AppState::new(store, fhir::registry::Registry::r4(), config.base_url()))
 }
 
 /// The application router for `state`.
@@ -56,7 +52,5 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

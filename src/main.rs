@@ -10,17 +10,13 @@ async fn main() -> anyhow::Result<()> {
     liaison::telemetry::init(&config);
     tracing::info!(config = ?config, "starting Liaison");
 
-    let state = liaison::build_state(&config)
-        .await
-        .context("opening the database")?;
+    let state = liaison::build_state(&config).await.context("opening the database")?;
     let app = liaison::app(state, &config);
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;
     tracing::info!(address = %config.listen_addr, base_url = %config.base_url(), "serving FHIR R4");
-    liaison::serve(listener, app, shutdown_signal())
-        .await
-        .context("serving")?;
+    liaison::serve(listener, app, shutdown_signal()).await.context("serving")?;
     tracing::info!("stopped");
     Ok(())
 }

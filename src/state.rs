@@ -21,11 +21,7 @@ pub struct Inner {
 
 impl AppState {
     pub fn new(store: Store, registry: Registry, base_url: String) -> Self {
-        Self(Arc::new(Inner {
-            store,
-            registry,
-            base_url,
-        }))
+        Self(Arc::new(Inner { store, registry, base_url }))
     }
 }
 

@@ -9,8 +9,12 @@ definitions change; the server and the tests never read DIR.
     npm pack hl7.fhir.r4.examples@4.0.1 && tar xzf hl7.fhir.r4.examples-4.0.1.tgz
     python3 tools/extract_definitions.py package
 
+It also writes src/fhir/definitions/search-parameters.json: the SearchParameters of the resource
+types Liaison serves, each expression cut down to the part for that type.
+
 Output shape (keys are short because the file is parsed at every start-up):
-  {"types": {Name: {"kind": k, "base": b, "elements": [[path, min, max, types, binding?, ref?]]}},
+  {"types": {Name: {"kind": k, "summary": [top-level summary element names],
+                    "base": b, "elements": [[path, min, max, types, binding?, ref?]]}},
    "valueSets": {url: [[system, [code, ...]], ...]}}
   types   -- type codes; a Reference or canonical carries its allowed targets: "Reference(Patient|Group)"
   binding -- the value set url of a *required* binding whose codes could be enumerated
@@ -84,6 +88,71 @@ def expand(url, value_sets, code_systems, seen=()):
     return out or None
 
 
+# The resource types Liaison serves (src/fhir/registry.rs), and the common parameters of all.
+SERVED = ["CarePlan", "CareTeam", "Condition", "Encounter", "Goal", "Observation", "Organization",
+          "Patient", "Practitioner", "PractitionerRole", "QuestionnaireResponse", "ServiceRequest",
+          "Task"]
+COMMON = ["_id", "_lastUpdated", "_tag", "_profile", "_security"]
+
+
+def split_union(expression):
+    """Top-level '|' alternatives of a FHIRPath expression."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(expression):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            parts.append(expression[start:i].strip())
+            start = i + 1
+    parts.append(expression[start:].strip())
+    return parts
+
+
+def for_base(expression, base):
+    """The alternatives of `expression` that start at `base` (shared parameters list many)."""
+    mine = []
+    for part in split_union(expression):
+        bare = part.lstrip("(")
+        if bare.startswith(base + ".") or bare == base:
+            mine.append(part)
+    return " | ".join(mine)
+
+
+def search_parameters(src):
+    out = {t: [] for t in SERVED}
+    for sp in load_all(src, "SearchParameter"):
+        for base in sp.get("base", []):
+            if base in ("Resource", "DomainResource") and sp["code"] in COMMON:
+                targets = SERVED
+                expr_base = "Resource"
+            elif base in SERVED:
+                targets = [base]
+                expr_base = base
+            else:
+                continue
+            for t in targets:
+                expression = for_base(sp.get("expression", ""), expr_base)
+                if expr_base == "Resource":
+                    expression = expression.replace("Resource.", t + ".")
+                if not expression and sp["type"] != "special":
+                    continue
+                row = {"code": sp["code"], "type": sp["type"], "expression": expression,
+                       "description": sp.get("description", "").split("\n")[0][:300]}
+                if sp.get("target"):
+                    row["target"] = sorted(sp["target"])
+                if sp.get("component"):
+                    row["component"] = [
+                        {"definition": c["definition"].rsplit("/", 1)[-1], "expression": c["expression"]}
+                        for c in sp["component"]
+                    ]
+                out[t].append(row)
+    for t in out:
+        out[t].sort(key=lambda r: r["code"])
+    return out
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -116,8 +185,14 @@ def main():
                 row.pop()
             elements.append(row)
         base = sd.get("baseDefinition", "")
+        summary = [
+            el["path"].split(".", 1)[1]
+            for el in sd["snapshot"]["element"]
+            if el["path"].count(".") == 1 and el.get("isSummary")
+        ]
         types[sd["id"]] = {
             "kind": sd["kind"],
+            "summary": [name.replace("[x]", "") for name in summary] if sd["kind"] == "resource" else [],
             "abstract": sd.get("abstract", False),
             "base": base[len(SD_PREFIX):] if base.startswith(SD_PREFIX) else None,
             "elements": elements,
@@ -133,6 +208,12 @@ def main():
         json.dump(out, f, separators=(",", ":"), sort_keys=False)
         f.write("\n")
     print(f"{len(types)} types, {len(out['valueSets'])} required value sets -> {os.path.normpath(dest)}")
+    params = search_parameters(src)
+    dest = os.path.join(os.path.dirname(dest), "search-parameters.json")
+    with open(dest, "w", encoding="utf-8") as f:
+        json.dump(params, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(f"{sum(map(len, params.values()))} search parameters -> {os.path.normpath(dest)}")
 
 
 if __name__ == "__main__":

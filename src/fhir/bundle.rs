@@ -42,9 +42,24 @@ pub struct Entry<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub search: Option<EntrySearch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<EntryRequest>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<EntryResponse>,
+}
+
+/// `Bundle.entry.search`: why the entry is in a searchset (match, include or outcome).
+#[derive(Debug, Serialize)]
+pub struct EntrySearch {
+    pub mode: &'static str,
+}
+
+impl<'a> Entry<'a> {
+    /// A searchset entry.
+    pub fn search(full_url: String, resource: &'a RawValue, mode: &'static str) -> Self {
+        Self { full_url, resource: Some(resource), search: Some(EntrySearch { mode }), request: None, response: None }
+    }
 }
 
 /// `Bundle.entry.request`.
@@ -71,9 +86,7 @@ impl<'a> Bundle<'a> {
         Self {
             resource_type: "Bundle",
             id: uuid::Uuid::new_v4().to_string(),
-            meta: BundleMeta {
-                last_updated: super::format_instant(super::now_millis()),
-            },
+            meta: BundleMeta { last_updated: super::format_instant(super::now_millis()) },
             bundle_type,
             total: None,
             link: Vec::new(),

@@ -72,6 +72,8 @@ impl ElementDef {
 struct TypeDef {
     kind: TypeKind,
     is_abstract: bool,
+    /// Top-level elements marked isSummary (for `_summary=true`).
+    summary: Vec<String>,
 }
 
 /// A required value set as `(system, codes)` pairs.
@@ -98,6 +100,8 @@ struct RawType {
     kind: TypeKind,
     #[serde(rename = "abstract")]
     is_abstract: bool,
+    #[serde(default)]
+    summary: Vec<String>,
     elements: Vec<serde_json::Value>,
 }
 
@@ -114,26 +118,12 @@ impl Definitions {
         for (name, ty) in raw.types {
             for row in &ty.elements {
                 let el = parse_element(row).ok_or_else(|| format!("bad element row {row}"))?;
-                let parent = el
-                    .path
-                    .rsplit_once('.')
-                    .map(|(p, _)| p.to_owned())
-                    .unwrap_or_default();
+                let parent = el.path.rsplit_once('.').map(|(p, _)| p.to_owned()).unwrap_or_default();
                 children.entry(parent).or_default().push(el);
             }
-            types.insert(
-                name,
-                TypeDef {
-                    kind: ty.kind,
-                    is_abstract: ty.is_abstract,
-                },
-            );
+            types.insert(name, TypeDef { kind: ty.kind, is_abstract: ty.is_abstract, summary: ty.summary });
         }
-        Ok(Self {
-            types,
-            children,
-            value_sets: raw.value_sets,
-        })
+        Ok(Self { types, children, value_sets: raw.value_sets })
     }
 
     /// The kind of a type, or `None` for a name R4 does not define.
@@ -143,9 +133,12 @@ impl Definitions {
 
     /// Whether `name` is a concrete (instantiable) R4 resource type.
     pub fn is_resource_type(&self, name: &str) -> bool {
-        self.types
-            .get(name)
-            .is_some_and(|t| t.kind == TypeKind::Resource && !t.is_abstract)
+        self.types.get(name).is_some_and(|t| t.kind == TypeKind::Resource && !t.is_abstract)
+    }
+
+    /// The top-level elements of a resource type that `_summary=true` keeps.
+    pub fn summary_elements(&self, type_name: &str) -> &[String] {
+        self.types.get(type_name).map(|t| t.summary.as_slice()).unwrap_or(&[])
     }
 
     /// The elements that may appear directly under `path` (a type name or element path).
@@ -168,23 +161,12 @@ fn parse_element(row: &serde_json::Value) -> Option<ElementDef> {
         "1" => Max::One,
         _ => Max::Many,
     };
-    let types = cols
-        .get(3)?
-        .as_array()?
-        .iter()
-        .map(|t| t.as_str().map(parse_type_ref))
-        .collect::<Option<Vec<_>>>()?;
+    let types = cols.get(3)?.as_array()?.iter().map(|t| t.as_str().map(parse_type_ref)).collect::<Option<Vec<_>>>()?;
     let required_binding = cols.get(4).and_then(|v| v.as_str()).map(str::to_owned);
-    let content_reference = cols
-        .get(5)
-        .and_then(|v| v.as_str())
-        .map(|r| r.trim_start_matches('#').to_owned());
+    let content_reference = cols.get(5).and_then(|v| v.as_str()).map(|r| r.trim_start_matches('#').to_owned());
     // An element defined by contentReference has the structure of its target: a backbone.
     let types = if types.is_empty() && content_reference.is_some() {
-        vec![TypeRef {
-            code: "BackboneElement".into(),
-            targets: Vec::new(),
-        }]
+        vec![TypeRef { code: "BackboneElement".into(), targets: Vec::new() }]
     } else {
         types
     };
@@ -193,32 +175,16 @@ fn parse_element(row: &serde_json::Value) -> Option<ElementDef> {
         Some(stem) => (stem.to_owned(), true),
         None => (last.to_owned(), false),
     };
-    Some(ElementDef {
-        path,
-        name,
-        choice,
-        min,
-        max,
-        types,
-        required_binding,
-        content_reference,
-    })
+    Some(ElementDef { path, name, choice, min, max, types, required_binding, content_reference })
 }
 
 fn parse_type_ref(text: &str) -> TypeRef {
     match text.split_once('(') {
         Some((code, rest)) => TypeRef {
             code: code.to_owned(),
-            targets: rest
-                .trim_end_matches(')')
-                .split('|')
-                .map(str::to_owned)
-                .collect(),
+            targets: rest.trim_end_matches(')').split('|').map(str::to_owned).collect(),
         },
-        None => TypeRef {
-            code: text.to_owned(),
-            targets: Vec::new(),
-        },
+        None => TypeRef { code: text.to_owned(), targets: Vec::new() },
     }
 }
 
@@ -232,12 +198,7 @@ mod tests {
         for els in defs.children.values() {
             for el in els {
                 for t in &el.types {
-                    assert!(
-                        defs.kind(&t.code).is_some(),
-                        "{} has unknown type {}",
-                        el.path,
-                        t.code
-                    );
+                    assert!(defs.kind(&t.code).is_some(), "{} has unknown type {}", el.path, t.code);
                 }
                 if let Some(target) = &el.content_reference {
                     assert!(!defs.children(target).is_empty(), "{} -> {target}", el.path);
@@ -249,26 +210,16 @@ mod tests {
     #[test]
     fn content_references_are_backbones_of_their_target() {
         let defs = Definitions::r4();
-        let item = defs
-            .children("QuestionnaireResponse.item")
-            .iter()
-            .find(|e| e.name == "item")
-            .unwrap();
+        let item = defs.children("QuestionnaireResponse.item").iter().find(|e| e.name == "item").unwrap();
         assert_eq!(item.children_path(), Some("QuestionnaireResponse.item"));
     }
 
     #[test]
     fn care_plan_status_is_a_required_binding() {
         let defs = Definitions::r4();
-        let status = defs
-            .children("CarePlan")
-            .iter()
-            .find(|e| e.name == "status")
-            .unwrap();
+        let status = defs.children("CarePlan").iter().find(|e| e.name == "status").unwrap();
         assert_eq!(status.min, 1);
-        let vs = defs
-            .value_set(status.required_binding.as_deref().unwrap())
-            .unwrap();
+        let vs = defs.value_set(status.required_binding.as_deref().unwrap()).unwrap();
         assert!(vs[0].1.iter().any(|c| c == "active"));
     }
 }

@@ -11,8 +11,7 @@ use serde_json::{Map, Value};
 /// Parses `bytes` as a JSON object with unique keys. The error names the position or the
 /// duplicated key, never a value.
 pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, String> {
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("the body is not valid JSON: {e}"))?;
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("the body is not valid JSON: {e}"))?;
     let Value::Object(map) = value else {
         return Err("the body must be a JSON object (a FHIR resource)".into());
     };
@@ -44,14 +43,8 @@ impl<'de> Visitor<'de> for UniqueKeys {
         let mut seen = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
             if !seen.insert(key.clone()) {
-                let shown = if key.len() <= 64 {
-                    key.as_str()
-                } else {
-                    "(long key)"
-                };
-                return Err(serde::de::Error::custom(format!(
-                    "duplicate JSON key '{shown}'"
-                )));
+                let shown = if key.len() <= 64 { key.as_str() } else { "(long key)" };
+                return Err(serde::de::Error::custom(format!("duplicate JSON key '{shown}'")));
             }
             map.next_value_seed(self)?;
         }

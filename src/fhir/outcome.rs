@@ -48,20 +48,11 @@ pub struct Issue {
 impl Issue {
     /// An error issue without a location.
     pub fn error(code: IssueType, diagnostics: impl Into<String>) -> Self {
-        Self {
-            severity: Severity::Error,
-            code,
-            diagnostics: diagnostics.into(),
-            expression: Vec::new(),
-        }
+        Self { severity: Severity::Error, code, diagnostics: diagnostics.into(), expression: Vec::new() }
     }
 
     /// An error issue located at `expression`.
-    pub fn at(
-        code: IssueType,
-        expression: impl Into<String>,
-        diagnostics: impl Into<String>,
-    ) -> Self {
+    pub fn at(code: IssueType, expression: impl Into<String>, diagnostics: impl Into<String>) -> Self {
         let expression = expression.into();
         Self {
             severity: Severity::Error,

@@ -11,10 +11,7 @@ const MAX_STRING_BYTES: usize = 1024 * 1024;
 /// Checks `value` against primitive type `code`. Unknown codes pass: they are not primitives.
 pub fn check(code: &str, value: &Value) -> Result<(), String> {
     match code {
-        "boolean" => value
-            .is_boolean()
-            .then_some(())
-            .ok_or_else(|| "must be a JSON boolean".into()),
+        "boolean" => value.is_boolean().then_some(()).ok_or_else(|| "must be a JSON boolean".into()),
         "integer" => integer(value, i64::from(i32::MIN)),
         "unsignedInt" => integer(value, 0),
         "positiveInt" => integer(value, 1),
@@ -55,11 +52,7 @@ fn decimal(value: &Value) -> Result<(), String> {
 
 fn string_form(code: &str, s: &str) -> Result<(), String> {
     let ok = match code {
-        "id" => {
-            s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        }
+        "id" => s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
         "code" => {
             !s.starts_with(char::is_whitespace)
                 && !s.ends_with(char::is_whitespace)
@@ -109,9 +102,7 @@ pub fn is_date(s: &str) -> bool {
 
 fn days_in_month(year: u32, month: u32) -> u32 {
     match month {
-        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => {
-            29
-        }
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => 29,
         2 => 28,
         4 | 6 | 9 | 11 => 30,
         _ => 31,
@@ -141,8 +132,7 @@ pub fn is_date_time(s: &str) -> bool {
 
 /// A full date and time with a time zone.
 pub fn is_instant(s: &str) -> bool {
-    s.split_once('T')
-        .is_some_and(|(date, time)| date.len() == 10 && is_date(date) && is_zoned_time(time))
+    s.split_once('T').is_some_and(|(date, time)| date.len() == 10 && is_date(date) && is_zoned_time(time))
 }
 
 fn is_zoned_time(s: &str) -> bool {
@@ -154,9 +144,9 @@ fn is_zoned_time(s: &str) -> bool {
     };
     let (local, zone) = s.split_at(split);
     let zone = &zone[1..];
-    let zone_ok = zone.split_once(':').is_some_and(|(h, m)| {
-        digits(h, 2).is_some_and(|h| h <= 14) && digits(m, 2).is_some_and(|m| m <= 59)
-    });
+    let zone_ok = zone
+        .split_once(':')
+        .is_some_and(|(h, m)| digits(h, 2).is_some_and(|h| h <= 14) && digits(m, 2).is_some_and(|m| m <= 59));
     is_time(local) && zone_ok
 }
 
@@ -180,23 +170,16 @@ fn is_uuid(s: &str) -> bool {
     };
     let groups: Vec<&str> = rest.split('-').collect();
     groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| {
-            g.len() == n
-                && g.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        })
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 fn is_base64(s: &str) -> bool {
     let compact: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    let body = compact
-        .strip_suffix(b"==")
-        .or_else(|| compact.strip_suffix(b"="))
-        .unwrap_or(&compact);
-    compact.len().is_multiple_of(4)
-        && body
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+    let body = compact.strip_suffix(b"==").or_else(|| compact.strip_suffix(b"=")).unwrap_or(&compact);
+    compact.len().is_multiple_of(4) && body.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
 }
 
 #[cfg(test)]
@@ -209,14 +192,7 @@ mod tests {
         for good in ["2024", "2024-02", "2024-02-29", "2023-12-31"] {
             assert!(is_date(good), "{good}");
         }
-        for bad in [
-            "24",
-            "2024-13",
-            "2023-02-29",
-            "2024-1-01",
-            "2024-01-01T",
-            "",
-        ] {
+        for bad in ["24", "2024-13", "2023-02-29", "2024-1-01", "2024-01-01T", ""] {
             assert!(!is_date(bad), "{bad}");
         }
     }

@@ -35,15 +35,8 @@ pub struct Report {
 
 /// Validates `resource`, whose `resourceType` the caller has checked to be a resource type.
 pub fn validate(defs: &Definitions, resource: &Map<String, Value>) -> Report {
-    let type_name = resource
-        .get("resourceType")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let mut walk = Walk {
-        defs,
-        report: Report::default(),
-        contained_ids: HashSet::new(),
-    };
+    let type_name = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+    let mut walk = Walk { defs, report: Report::default(), contained_ids: HashSet::new() };
     walk.resource(resource, type_name, type_name, true);
     walk.report
 }
@@ -58,9 +51,7 @@ struct Walk<'a> {
 impl Walk<'_> {
     fn issue(&mut self, code: IssueType, expression: &str, diagnostics: impl Into<String>) {
         if self.report.issues.len() < MAX_ISSUES {
-            self.report
-                .issues
-                .push(Issue::at(code, expression, diagnostics));
+            self.report.issues.push(Issue::at(code, expression, diagnostics));
         }
     }
 
@@ -68,10 +59,8 @@ impl Walk<'_> {
         // `#id` references resolve among the container's contained resources, from the
         // container and from its contained resources alike (references.html#contained).
         if let Some(contained) = obj.get("contained").and_then(Value::as_array) {
-            self.contained_ids = contained
-                .iter()
-                .filter_map(|c| c.get("id").and_then(Value::as_str).map(str::to_owned))
-                .collect();
+            self.contained_ids =
+                contained.iter().filter_map(|c| c.get("id").and_then(Value::as_str).map(str::to_owned)).collect();
         }
         if !top_level && obj.contains_key("contained") {
             // dom-2: a contained resource SHALL NOT contain additional contained resources.
@@ -91,11 +80,7 @@ impl Walk<'_> {
 
     fn object(&mut self, obj: &Map<String, Value>, path: &str, expr: &str, resource_root: bool) {
         if obj.is_empty() || (resource_root && obj.len() == 1) {
-            self.issue(
-                IssueType::Structure,
-                expr,
-                "an element must have a value or children",
-            );
+            self.issue(IssueType::Structure, expr, "an element must have a value or children");
         }
         let defs = self.defs;
         let children = defs.children(path);
@@ -114,20 +99,12 @@ impl Walk<'_> {
                 continue;
             };
             if el.max == Max::Zero {
-                self.issue(
-                    IssueType::Structure,
-                    &child_expr,
-                    "element is prohibited here",
-                );
+                self.issue(IssueType::Structure, &child_expr, "element is prohibited here");
                 continue;
             }
             if el.choice && !extension_side {
                 if choices_seen.contains(&el.name.as_str()) {
-                    self.issue(
-                        IssueType::Structure,
-                        &child_expr,
-                        format!("only one {}[x] value is allowed", el.name),
-                    );
+                    self.issue(IssueType::Structure, &child_expr, format!("only one {}[x] value is allowed", el.name));
                 }
                 choices_seen.push(&el.name);
             }
@@ -153,11 +130,7 @@ impl Walk<'_> {
     /// nulls) aligned with the primitive array.
     fn primitive_extension(&mut self, ty: &TypeRef, value: &Value, expr: &str) {
         if self.defs.kind(&ty.code) != Some(TypeKind::PrimitiveType) {
-            self.issue(
-                IssueType::Structure,
-                expr,
-                "only primitive elements have a '_' extension side",
-            );
+            self.issue(IssueType::Structure, expr, "only primitive elements have a '_' extension side");
             return;
         }
         match value {
@@ -165,14 +138,8 @@ impl Walk<'_> {
                 for (i, item) in items.iter().enumerate() {
                     match item {
                         Value::Null => {}
-                        Value::Object(obj) => {
-                            self.object(obj, "Element", &format!("{expr}[{i}]"), false)
-                        }
-                        _ => self.issue(
-                            IssueType::Structure,
-                            &format!("{expr}[{i}]"),
-                            "must be a JSON object or null",
-                        ),
+                        Value::Object(obj) => self.object(obj, "Element", &format!("{expr}[{i}]"), false),
+                        _ => self.issue(IssueType::Structure, &format!("{expr}[{i}]"), "must be a JSON object or null"),
                     }
                 }
             }
@@ -186,11 +153,7 @@ impl Walk<'_> {
         match value {
             Value::Array(items) => {
                 if el.max != Max::Many {
-                    self.issue(
-                        IssueType::Structure,
-                        expr,
-                        "must be a single value, not an array",
-                    );
+                    self.issue(IssueType::Structure, expr, "must be a single value, not an array");
                     return;
                 }
                 if items.is_empty() {
@@ -206,11 +169,7 @@ impl Walk<'_> {
                 }
             }
             _ if el.max == Max::Many => {
-                self.issue(
-                    IssueType::Structure,
-                    expr,
-                    format!("'{key}' must be an array"),
-                );
+                self.issue(IssueType::Structure, expr, format!("'{key}' must be an array"));
             }
             _ => self.value(el, ty, value, expr),
         }
@@ -223,10 +182,10 @@ impl Walk<'_> {
                 if let Err(why) = primitives::check(&ty.code, value) {
                     self.issue(IssueType::Value, expr, why);
                 } else if let (Some(vs), Some(code)) = (&el.required_binding, value.as_str()) {
-                    if !defs.value_set(vs).is_some_and(|sets| {
-                        sets.iter()
-                            .any(|(_, codes)| codes.iter().any(|c| c == code))
-                    }) {
+                    if !defs
+                        .value_set(vs)
+                        .is_some_and(|sets| sets.iter().any(|(_, codes)| codes.iter().any(|c| c == code)))
+                    {
                         self.issue(
                             IssueType::CodeInvalid,
                             expr,
@@ -237,19 +196,11 @@ impl Walk<'_> {
             }
             Some(TypeKind::Resource) => match value.as_object() {
                 Some(obj) => self.inline_resource(obj, expr),
-                None => self.issue(
-                    IssueType::Structure,
-                    expr,
-                    "must be a resource (a JSON object)",
-                ),
+                None => self.issue(IssueType::Structure, expr, "must be a resource (a JSON object)"),
             },
             Some(TypeKind::ComplexType) => {
                 let Some(obj) = value.as_object() else {
-                    self.issue(
-                        IssueType::Structure,
-                        expr,
-                        format!("must be a JSON object ({})", ty.code),
-                    );
+                    self.issue(IssueType::Structure, expr, format!("must be a JSON object ({})", ty.code));
                     return;
                 };
                 let path = el.children_path().unwrap_or(&ty.code);
@@ -264,11 +215,7 @@ impl Walk<'_> {
                     _ => {}
                 }
             }
-            None => self.issue(
-                IssueType::Structure,
-                expr,
-                format!("type {} is not defined", ty.code),
-            ),
+            None => self.issue(IssueType::Structure, expr, format!("type {} is not defined", ty.code)),
         }
     }
 
@@ -280,16 +227,8 @@ impl Walk<'_> {
                 self.resource(obj, t, expr, false);
                 self.contained_ids = saved;
             }
-            Some(_) => self.issue(
-                IssueType::Value,
-                &format!("{expr}.resourceType"),
-                "not an R4 resource type",
-            ),
-            None => self.issue(
-                IssueType::Required,
-                &format!("{expr}.resourceType"),
-                "a resource needs a resourceType",
-            ),
+            Some(_) => self.issue(IssueType::Value, &format!("{expr}.resourceType"), "not an R4 resource type"),
+            None => self.issue(IssueType::Required, &format!("{expr}.resourceType"), "a resource needs a resourceType"),
         }
     }
 
@@ -302,18 +241,11 @@ impl Walk<'_> {
         let ref_expr = format!("{expr}.reference");
         if let Some(local) = reference.strip_prefix('#') {
             if !local.is_empty() && !self.contained_ids.contains(local) {
-                self.issue(
-                    IssueType::Invalid,
-                    &ref_expr,
-                    format!("no contained resource with id '{local}'"),
-                );
+                self.issue(IssueType::Invalid, &ref_expr, format!("no contained resource with id '{local}'"));
             }
             return;
         }
-        if reference.starts_with("urn:uuid:")
-            || reference.starts_with("urn:oid:")
-            || reference.contains("://")
-        {
+        if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") || reference.contains("://") {
             return;
         }
         let parts: Vec<&str> = reference.split('/').collect();
@@ -332,16 +264,12 @@ impl Walk<'_> {
             return;
         }
         let (target_type, id) = (parts[0], parts[1]);
-        let allowed =
-            targets.is_empty() || targets.iter().any(|t| t == target_type || t == "Resource");
+        let allowed = targets.is_empty() || targets.iter().any(|t| t == target_type || t == "Resource");
         if !allowed {
             self.issue(
                 IssueType::Invalid,
                 &ref_expr,
-                format!(
-                    "a reference to {target_type} is not allowed here (allowed: {})",
-                    targets.join(", ")
-                ),
+                format!("a reference to {target_type} is not allowed here (allowed: {})", targets.join(", ")),
             );
             return;
         }
@@ -407,19 +335,13 @@ impl Walk<'_> {
 
 /// The child definition a JSON key names, with the type it selects for choice elements
 /// (`valueQuantity` selects `Quantity` of `value[x]`).
-fn find_element<'d>(
-    children: &'d [ElementDef],
-    name: &str,
-) -> Option<(&'d ElementDef, &'d TypeRef)> {
+fn find_element<'d>(children: &'d [ElementDef], name: &str) -> Option<(&'d ElementDef, &'d TypeRef)> {
     children.iter().find_map(|el| {
         if !el.choice {
             return (el.name == name).then(|| el.types.first().map(|t| (el, t)))?;
         }
         let suffix = name.strip_prefix(el.name.as_str())?;
-        el.types
-            .iter()
-            .find(|t| capitalised_eq(&t.code, suffix))
-            .map(|t| (el, t))
+        el.types.iter().find(|t| capitalised_eq(&t.code, suffix)).map(|t| (el, t))
     })
 }
 
@@ -443,8 +365,7 @@ fn count_present(obj: &Map<String, Value>, el: &ElementDef) -> usize {
         return obj
             .iter()
             .filter(|(k, _)| {
-                k.strip_prefix(el.name.as_str())
-                    .is_some_and(|s| el.types.iter().any(|t| capitalised_eq(&t.code, s)))
+                k.strip_prefix(el.name.as_str()).is_some_and(|s| el.types.iter().any(|t| capitalised_eq(&t.code, s)))
             })
             .count();
     }
@@ -480,10 +401,7 @@ mod tests {
         assert!(found.contains(&("CarePlan.status".into(), IssueType::CodeInvalid)));
         assert!(found.contains(&("CarePlan.colour".into(), IssueType::Structure)));
         assert!(found.contains(&("CarePlan.subject".into(), IssueType::Required)));
-        assert!(found.contains(&(
-            "CarePlan.activity[0].detail.status".into(),
-            IssueType::CodeInvalid
-        )));
+        assert!(found.contains(&("CarePlan.activity[0].detail.status".into(), IssueType::CodeInvalid)));
     }
 
     #[test]
@@ -502,16 +420,10 @@ mod tests {
     fn references_must_be_well_formed_and_allowed() {
         let goal = json!({"resourceType": "Goal", "lifecycleStatus": "active",
             "description": {"text": "sleep"}, "subject": {"reference": "Encounter/e1"}});
-        assert_eq!(
-            issues(goal),
-            vec![("Goal.subject.reference".into(), IssueType::Invalid)]
-        );
+        assert_eq!(issues(goal), vec![("Goal.subject.reference".into(), IssueType::Invalid)]);
         let goal = json!({"resourceType": "Goal", "lifecycleStatus": "active",
             "description": {"text": "sleep"}, "subject": {"reference": "Patient/a b"}});
-        assert_eq!(
-            issues(goal),
-            vec![("Goal.subject.reference".into(), IssueType::Invalid)]
-        );
+        assert_eq!(issues(goal), vec![("Goal.subject.reference".into(), IssueType::Invalid)]);
     }
 
     #[test]

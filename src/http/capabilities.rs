@@ -7,7 +7,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::negotiate::Format;
-use crate::fhir::registry::{CONDITIONAL_CREATE_PARAMS, TYPE_INTERACTIONS};
+use crate::fhir::registry::TYPE_INTERACTIONS;
 use crate::state::AppState;
 
 /// The CapabilityStatement of this server.
@@ -28,13 +28,23 @@ pub fn capability_statement(state: &AppState) -> Value {
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
                 "referencePolicy": ["literal", "enforced", "local"],
-                "searchParam": CONDITIONAL_CREATE_PARAMS.iter().map(|p| json!({
-                    "name": p,
-                    "type": "token",
-                    "documentation": "Usable in If-None-Exist (conditional create)."
+                "searchParam": state.registry.search.for_type(ty.as_str()).iter().map(|p| json!({
+                    "name": p.code,
+                    "definition": format!("http://hl7.org/fhir/SearchParameter/{}-{}", ty, p.code),
+                    "type": p.kind.as_str(),
+                    "documentation": p.description,
                 })).collect::<Vec<_>>(),
+                "searchInclude": state.registry.search.for_type(ty.as_str()).iter()
+                    .filter(|p| p.kind == crate::fhir::search::ParamKind::Reference)
+                    .map(|p| format!("{ty}:{}", p.code)).collect::<Vec<_>>(),
+                "searchRevInclude": state.registry.types()
+                    .flat_map(|source| state.registry.search.for_type(source.as_str()).iter()
+                        .filter(move |p| p.kind == crate::fhir::search::ParamKind::Reference && p.targets.iter().any(|t| t == ty.as_str()))
+                        .map(move |p| format!("{source}:{}", p.code)))
+                    .collect::<Vec<_>>(),
             })
         })
+        .map(drop_empty_arrays)
         .collect();
     json!({
         "resourceType": "CapabilityStatement",
@@ -55,6 +65,14 @@ pub fn capability_statement(state: &AppState) -> Value {
             "interaction": [{ "code": "history-system" }],
         }],
     })
+}
+
+/// FHIR JSON forbids empty arrays: leave such elements out.
+fn drop_empty_arrays(mut value: Value) -> Value {
+    if let Value::Object(map) = &mut value {
+        map.retain(|_, v| !matches!(v, Value::Array(items) if items.is_empty()));
+    }
+    value
 }
 
 /// `GET /metadata`.

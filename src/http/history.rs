@@ -29,38 +29,32 @@ struct Params {
 fn parse_params(query: Option<&str>) -> Result<Params, AppError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|_| AppError::invalid(IssueType::Invalid, "the query string could not be read"))?;
-    let mut params = Params {
-        count: DEFAULT_COUNT,
-        since: None,
-        cursor: None,
-    };
+    let mut params = Params { count: DEFAULT_COUNT, since: None, cursor: None };
     for (name, value) in pairs {
         match name.as_str() {
             "_count" => {
-                let n: u32 = value.parse().map_err(|_| {
-                    AppError::invalid(IssueType::Invalid, "_count must be a non-negative integer")
-                })?;
+                let n: u32 = value
+                    .parse()
+                    .map_err(|_| AppError::invalid(IssueType::Invalid, "_count must be a non-negative integer"))?;
                 params.count = n.min(MAX_COUNT);
             }
             "_since" => {
-                let ms = parse_date_time(&value).ok_or_else(|| {
-                    AppError::invalid(IssueType::Invalid, "_since must be a FHIR instant")
-                })?;
+                let ms = parse_date_time(&value)
+                    .ok_or_else(|| AppError::invalid(IssueType::Invalid, "_since must be a FHIR instant"))?;
                 params.since = Some((value, ms));
             }
             "_cursor" => {
-                params.cursor = Some(parse_cursor(&value).ok_or_else(|| {
-                    AppError::invalid(IssueType::Invalid, "_cursor is not one this server issued")
-                })?);
+                params.cursor =
+                    Some(parse_cursor(&value).ok_or_else(|| {
+                        AppError::invalid(IssueType::Invalid, "_cursor is not one this server issued")
+                    })?);
             }
             // Formatting parameters are handled by content negotiation.
             "_format" | "_pretty" => {}
             other => {
                 return Err(AppError::invalid(
                     IssueType::NotSupported,
-                    format!(
-                    "history does not support the parameter '{other}' (supported: _count, _since)"
-                ),
+                    format!("history does not support the parameter '{other}' (supported: _count, _since)"),
                 ))
             }
         }
@@ -86,14 +80,7 @@ pub async fn system(
     format: Format,
     RawQuery(q): RawQuery,
 ) -> Result<Response, AppError> {
-    history(
-        &state,
-        format,
-        HistoryScope::System,
-        "_history".into(),
-        q.as_deref(),
-    )
-    .await
+    history(&state, format, HistoryScope::System, "_history".into(), q.as_deref()).await
 }
 
 /// `GET /{type}/_history`.
@@ -103,14 +90,7 @@ pub async fn type_level(
     format: Format,
     RawQuery(q): RawQuery,
 ) -> Result<Response, AppError> {
-    history(
-        &state,
-        format,
-        HistoryScope::Type(ty),
-        format!("{ty}/_history"),
-        q.as_deref(),
-    )
-    .await
+    history(&state, format, HistoryScope::Type(ty), format!("{ty}/_history"), q.as_deref()).await
 }
 
 /// `GET /{type}/{id}/_history`: 404 when the resource never existed.
@@ -124,14 +104,7 @@ pub async fn instance(
         return Err(AppError::NotFound(format!("{}/{}", target.ty, target.id)));
     }
     let path = format!("{}/{}/_history", target.ty, target.id);
-    history(
-        &state,
-        format,
-        HistoryScope::Instance(target.ty, target.id),
-        path,
-        q.as_deref(),
-    )
-    .await
+    history(&state, format, HistoryScope::Instance(target.ty, target.id), path, q.as_deref()).await
 }
 
 async fn history(
@@ -161,35 +134,19 @@ async fn history(
         if let Some(c) = cursor {
             pairs.push(("_cursor", c));
         }
-        format!(
-            "{base}/{path}?{}",
-            serde_urlencoded::to_string(&pairs).unwrap_or_default()
-        )
+        format!("{base}/{path}?{}", serde_urlencoded::to_string(&pairs).unwrap_or_default())
     };
-    let self_cursor = params.cursor.as_ref().map(|c| {
-        format!(
-            "{}:{}:{}:{}",
-            c.last_updated, c.resource_type, c.id, c.version_id
-        )
-    });
+    let self_cursor =
+        params.cursor.as_ref().map(|c| format!("{}:{}:{}:{}", c.last_updated, c.resource_type, c.id, c.version_id));
     let mut bundle = Bundle::new("history").link("self", page_url(self_cursor));
     if has_next {
         if let Some(last) = versions.last() {
-            let next = format!(
-                "{}:{}:{}:{}",
-                last.last_updated, last.resource_type, last.id, last.version_id
-            );
+            let next = format!("{}:{}:{}:{}", last.last_updated, last.resource_type, last.id, last.version_id);
             bundle = bundle.link("next", page_url(Some(next)));
         }
     }
-    let raw: Vec<Option<Box<RawValue>>> = versions
-        .iter()
-        .map(|v| {
-            v.content
-                .clone()
-                .and_then(|c| RawValue::from_string(c).ok())
-        })
-        .collect();
+    let raw: Vec<Option<Box<RawValue>>> =
+        versions.iter().map(|v| v.content.clone().and_then(|c| RawValue::from_string(c).ok())).collect();
     for (version, resource) in versions.iter().zip(&raw) {
         bundle.push(entry(base, version, resource.as_deref()));
     }
@@ -199,24 +156,13 @@ async fn history(
 fn entry<'a>(base: &str, v: &Version, resource: Option<&'a RawValue>) -> Entry<'a> {
     let (method, url, status) = match v.method.as_str() {
         "POST" => ("POST", v.resource_type.clone(), "201 Created"),
-        "DELETE" => (
-            "DELETE",
-            format!("{}/{}", v.resource_type, v.id),
-            "204 No Content",
-        ),
-        _ => (
-            "PUT",
-            format!("{}/{}", v.resource_type, v.id),
-            if v.version_id == 1 {
-                "201 Created"
-            } else {
-                "200 OK"
-            },
-        ),
+        "DELETE" => ("DELETE", format!("{}/{}", v.resource_type, v.id), "204 No Content"),
+        _ => ("PUT", format!("{}/{}", v.resource_type, v.id), if v.version_id == 1 { "201 Created" } else { "200 OK" }),
     };
     Entry {
         full_url: format!("{base}/{}/{}", v.resource_type, v.id),
         resource,
+        search: None,
         request: Some(EntryRequest { method, url }),
         response: Some(EntryResponse {
             status: status.into(),
@@ -234,12 +180,7 @@ mod tests {
     fn cursors_round_trip_and_reject_garbage() {
         let c = parse_cursor("1700000000000:CarePlan:a-1.b:3").unwrap();
         assert_eq!(
-            (
-                c.last_updated,
-                c.resource_type.as_str(),
-                c.id.as_str(),
-                c.version_id
-            ),
+            (c.last_updated, c.resource_type.as_str(), c.id.as_str(), c.version_id),
             (1_700_000_000_000, "CarePlan", "a-1.b", 3)
         );
         assert!(parse_cursor("1:CarePlan:x").is_none());

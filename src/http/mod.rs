@@ -6,6 +6,7 @@ mod capabilities;
 mod history;
 mod negotiate;
 mod resource;
+mod search;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, Request, StatusCode};
@@ -27,14 +28,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let fhir = Router::new()
         .route("/metadata", get(capabilities::metadata))
         .route("/_history", get(history::system))
-        .route("/{type}", axum::routing::post(resource::create))
+        .route("/{type}", get(search::search_get).post(resource::create))
+        .route("/{type}/_search", axum::routing::post(search::search_post))
         .route("/{type}/_history", get(history::type_level))
-        .route(
-            "/{type}/{id}",
-            get(resource::read)
-                .put(resource::update)
-                .delete(resource::delete),
-        )
+        .route("/{type}/{id}", get(resource::read).put(resource::update).delete(resource::delete))
         .route("/{type}/{id}/_history", get(history::instance))
         .route("/{type}/{id}/_history/{vid}", get(resource::vread))
         .method_not_allowed_fallback(resource::method_not_allowed);
@@ -47,11 +44,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-            let route = req
-                .extensions()
-                .get::<axum::extract::MatchedPath>()
-                .map(|p| p.as_str().to_owned())
-                .unwrap_or_default();
+            let route =
+                req.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
             let request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
             // The matched route, never the raw path: paths carry ids, query strings may carry
             // patient identifiers.
@@ -67,30 +61,16 @@ async fn not_found() -> AppError {
 
 /// Liveness: the process answers.
 async fn live() -> Response {
-    (
-        StatusCode::OK,
-        [("content-type", "application/json")],
-        r#"{"status":"pass"}"#,
-    )
-        .into_response()
+    (StatusCode::OK, [("content-type", "application/json")], r#"{"status":"pass"}"#).into_response()
 }
 
 /// Readiness: the database answers.
 async fn ready(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            [("content-type", "application/json")],
-            r#"{"status":"pass"}"#,
-        )
-            .into_response(),
+        Ok(()) => (StatusCode::OK, [("content-type", "application/json")], r#"{"status":"pass"}"#).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [("content-type", "application/json")],
-                r#"{"status":"fail"}"#,
-            )
+            (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "application/json")], r#"{"status":"fail"}"#)
                 .into_response()
         }
     }

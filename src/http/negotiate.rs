@@ -30,47 +30,26 @@ impl<S: Send + Sync> FromRequestParts<S> for Format {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
         let query = parts.uri.query().unwrap_or("");
         let params: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
-        let param = |name: &str| {
-            params
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-        };
+        let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         let pretty = param("_pretty") == Some("true");
         let content_type = match param("_format") {
             Some(f) => json_flavour(f).ok_or_else(|| not_acceptable(f))?,
             None => accept(&parts.headers)?,
         };
-        Ok(Self {
-            content_type,
-            pretty,
-        })
+        Ok(Self { content_type, pretty })
     }
 }
 
 fn not_acceptable(what: &str) -> AppError {
-    let what = if what.len() > 80 {
-        "the requested format"
-    } else {
-        what
-    };
-    AppError::NotAcceptable(format!(
-        "{what} is not supported: Liaison speaks FHIR JSON only (application/fhir+json)"
-    ))
+    let what = if what.len() > 80 { "the requested format" } else { what };
+    AppError::NotAcceptable(format!("{what} is not supported: Liaison speaks FHIR JSON only (application/fhir+json)"))
 }
 
 /// The response type for a `_format` value or one media range of `Accept`.
 fn json_flavour(media: &str) -> Option<&'static str> {
-    let essence = media
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = media.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match essence.as_str() {
-        "json" | "application/fhir+json" | "application/json+fhir" | "*/*" | "application/*" => {
-            Some(FHIR_JSON)
-        }
+        "json" | "application/fhir+json" | "application/json+fhir" | "*/*" | "application/*" => Some(FHIR_JSON),
         "application/json" | "text/json" => Some(JSON),
         _ => None,
     }
@@ -84,10 +63,7 @@ fn accept(headers: &HeaderMap) -> Result<&'static str, AppError> {
     if value.trim().is_empty() {
         return Ok(FHIR_JSON);
     }
-    value
-        .split(',')
-        .find_map(json_flavour)
-        .ok_or_else(|| not_acceptable(value))
+    value.split(',').find_map(json_flavour).ok_or_else(|| not_acceptable(value))
 }
 
 impl Format {
@@ -102,10 +78,7 @@ impl Format {
             body
         };
         let mut response = (status, body).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(self.content_type),
-        );
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(self.content_type));
         response
     }
 }
@@ -117,21 +90,9 @@ impl<S: Send + Sync> FromRequest<S> for FhirJson {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if !matches!(
-            essence.as_str(),
-            "application/fhir+json" | "application/json" | "application/json+fhir"
-        ) {
+        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if !matches!(essence.as_str(), "application/fhir+json" | "application/json" | "application/json+fhir") {
             return Err(AppError::UnsupportedMediaType(
                 "the request body must be FHIR JSON (Content-Type: application/fhir+json)".into(),
             ));
@@ -143,9 +104,7 @@ impl<S: Send + Sync> FromRequest<S> for FhirJson {
                 AppError::invalid(IssueType::Structure, "the request body could not be read")
             }
         })?;
-        crate::fhir::json::parse_object(&bytes)
-            .map(Self)
-            .map_err(|why| AppError::invalid(IssueType::Structure, why))
+        crate::fhir::json::parse_object(&bytes).map(Self).map_err(|why| AppError::invalid(IssueType::Structure, why))
     }
 }
 
@@ -162,14 +121,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Return {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
-        let prefs = parts
-            .headers
-            .get_all("prefer")
-            .iter()
-            .filter_map(|v| v.to_str().ok());
-        let wanted = prefs
-            .flat_map(|v| v.split([',', ';']))
-            .find_map(|p| p.trim().strip_prefix("return="));
+        let prefs = parts.headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok());
+        let wanted = prefs.flat_map(|v| v.split([',', ';'])).find_map(|p| p.trim().strip_prefix("return="));
         Ok(match wanted.map(|w| w.trim_matches('"')) {
             Some("minimal") => Self::Minimal,
             Some("OperationOutcome") => Self::OperationOutcome,
@@ -190,12 +143,7 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, AppError> {
         .ok()
         .filter(|v| *v > 0)
         .map(Some)
-        .ok_or_else(|| {
-            AppError::invalid(
-                IssueType::Invalid,
-                "If-Match must name a version, as in W/\"3\"",
-            )
-        })
+        .ok_or_else(|| AppError::invalid(IssueType::Invalid, "If-Match must name a version, as in W/\"3\""))
 }
 
 /// The weak ETag of a version.
@@ -220,10 +168,7 @@ pub fn resource_response(
             let issue = Issue {
                 severity: Severity::Information,
                 code: IssueType::Informational,
-                diagnostics: format!(
-                    "{}/{} version {} stored",
-                    version.resource_type, version.id, version.version_id
-                ),
+                diagnostics: format!("{}/{} version {} stored", version.resource_type, version.id, version.version_id),
                 expression: Vec::new(),
             };
             format.respond(status, operation_outcome(&[issue]).to_string())
@@ -236,15 +181,9 @@ pub fn resource_response(
         }
     };
     set(header::ETAG, etag(version.version_id));
-    set(
-        header::LAST_MODIFIED,
-        format_http_date(version.last_updated),
-    );
+    set(header::LAST_MODIFIED, format_http_date(version.last_updated));
     if let Some((base, ty)) = location {
-        set(
-            header::LOCATION,
-            format!("{base}/{ty}/{}/_history/{}", version.id, version.version_id),
-        );
+        set(header::LOCATION, format!("{base}/{ty}/{}/_history/{}", version.id, version.version_id));
     }
     response
 }

@@ -12,10 +12,12 @@ use serde_json::{Map, Value};
 use super::negotiate::{etag, if_match, resource_response, FhirJson, Format, Return};
 use crate::error::AppError;
 use crate::fhir::outcome::{operation_outcome, Issue, IssueType, Severity};
-use crate::fhir::registry::{ResourceType, CONDITIONAL_CREATE_PARAMS};
+use crate::fhir::registry::ResourceType;
+use crate::fhir::search::index::IndexEntry;
+use crate::fhir::search::query::{self, Filter};
 use crate::fhir::{primitives, validate};
 use crate::state::AppState;
-use crate::store::{Condition, SystemMatch, Version, Written};
+use crate::store::{Version, WriteExtras, Written};
 
 /// The resource addressed by the URL: a supported type, and an id and version where the route
 /// has them.
@@ -28,27 +30,17 @@ pub struct Target {
 /// The `{type}` segment, checked against the registry.
 pub struct TypePath(pub ResourceType);
 
-async fn path_params(
-    parts: &mut Parts,
-    state: &AppState,
-) -> Result<HashMap<String, String>, AppError> {
+async fn path_params(parts: &mut Parts, state: &AppState) -> Result<HashMap<String, String>, AppError> {
     let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
         .await
         .map_err(|_| AppError::invalid(IssueType::Invalid, "the URL path could not be read"))?;
     Ok(params)
 }
 
-fn supported_type(
-    state: &AppState,
-    params: &HashMap<String, String>,
-) -> Result<ResourceType, AppError> {
+fn supported_type(state: &AppState, params: &HashMap<String, String>) -> Result<ResourceType, AppError> {
     let name = params.get("type").map(String::as_str).unwrap_or_default();
     state.registry.resource_type(name).ok_or_else(|| {
-        let shown = if state.registry.definitions.is_resource_type(name) {
-            name
-        } else {
-            "(unknown)"
-        };
+        let shown = if state.registry.definitions.is_resource_type(name) { name } else { "(unknown)" };
         AppError::UnknownResourceType(shown.to_owned())
     })
 }
@@ -70,31 +62,37 @@ impl FromRequestParts<AppState> for Target {
         let ty = supported_type(state, &params)?;
         let id = params.get("id").cloned().unwrap_or_default();
         if primitives::check("id", &Value::from(id.as_str())).is_err() {
-            return Err(AppError::invalid(
-                IssueType::Invalid,
-                "the id in the URL is not a valid FHIR id",
-            ));
+            return Err(AppError::invalid(IssueType::Invalid, "the id in the URL is not a valid FHIR id"));
         }
         let version_id = match params.get("vid") {
-            Some(v) => Some(
-                v.parse::<i64>()
-                    .map_err(|_| AppError::NotFound(format!("{ty}/{id} version {v}")))?,
-            ),
+            Some(v) => Some(v.parse::<i64>().map_err(|_| AppError::NotFound(format!("{ty}/{id} version {v}")))?),
             None => None,
         };
         Ok(Self { ty, id, version_id })
     }
 }
 
+/// What a valid resource brings to its write: the local references to supported types (which
+/// the store resolves in the write's transaction) and its search index entries.
+pub struct Checked {
+    pub references: Vec<validate::LocalReference>,
+    pub index: Vec<IndexEntry>,
+}
+
+impl Checked {
+    pub fn extras(&self) -> WriteExtras<'_> {
+        WriteExtras { references: &self.references, index: &self.index }
+    }
+}
+
 /// Checks a resource a client wants to write: its type matches the URL, its id matches on
-/// update, and it is valid against the R4 definitions. Returns the local references to supported
-/// types, which the store resolves in the write's transaction.
-fn check_resource(
+/// update, and it is valid against the R4 definitions.
+pub fn check_resource(
     state: &AppState,
     ty: ResourceType,
     resource: &Map<String, Value>,
     url_id: Option<&str>,
-) -> Result<Vec<validate::LocalReference>, AppError> {
+) -> Result<Checked, AppError> {
     match resource.get("resourceType").and_then(Value::as_str) {
         Some(t) if t == ty.as_str() => {}
         Some(_) => {
@@ -103,85 +101,48 @@ fn check_resource(
                 format!("resourceType does not match the URL: this endpoint takes {ty}"),
             ))
         }
-        None => {
-            return Err(AppError::invalid(
-                IssueType::Required,
-                "the resource has no resourceType",
-            ))
-        }
+        None => return Err(AppError::invalid(IssueType::Required, "the resource has no resourceType")),
     }
     if let Some(url_id) = url_id {
         // R4 http.html#update: the body must carry the id of the URL.
         match resource.get("id").and_then(Value::as_str) {
             Some(id) if id == url_id => {}
             Some(_) => {
-                return Err(AppError::invalid(
-                    IssueType::Invalid,
-                    "the resource id does not match the id in the URL",
-                ))
+                return Err(AppError::invalid(IssueType::Invalid, "the resource id does not match the id in the URL"))
             }
-            None => {
-                return Err(AppError::invalid(
-                    IssueType::Required,
-                    "an update must carry the resource id",
-                ))
-            }
+            None => return Err(AppError::invalid(IssueType::Required, "an update must carry the resource id")),
         }
     }
     let report = validate::validate(&state.registry.definitions, resource);
     if !report.issues.is_empty() {
         return Err(AppError::BadRequest(report.issues));
     }
-    Ok(report
-        .references
-        .into_iter()
-        .filter(|r| state.registry.resource_type(&r.resource_type).is_some())
-        .collect())
+    let references =
+        report.references.into_iter().filter(|r| state.registry.resource_type(&r.resource_type).is_some()).collect();
+    // The stored resource carries the URL's id, which `_id` and references to it rely on.
+    let index = state.registry.search.extract(
+        &state.registry.definitions,
+        ty.as_str(),
+        &Value::Object(resource.clone()),
+        &state.base_url,
+    );
+    Ok(Checked { references, index })
 }
 
-/// Parses `If-None-Exist` (a search query such as `identifier=http://sys|123`).
-fn parse_condition(headers: &HeaderMap) -> Result<Option<Condition>, AppError> {
-    let Some(value) = headers.get("if-none-exist") else {
-        return Ok(None);
-    };
-    let query = value.to_str().unwrap_or("").trim_start_matches('?');
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|_| {
-        AppError::invalid(IssueType::Invalid, "If-None-Exist must be a search query")
-    })?;
-    let [(param, value)] = pairs.as_slice() else {
-        return Err(AppError::invalid(
-            IssueType::NotSupported,
-            "If-None-Exist supports exactly one search parameter for now (_id or identifier)",
-        ));
-    };
-    if value.is_empty() {
-        return Err(AppError::invalid(
-            IssueType::Invalid,
-            format!("If-None-Exist: {param} needs a value"),
-        ));
+/// Parses `If-None-Exist`, a search query such as `identifier=http://sys|123`, with the same
+/// parser as search. Unknown parameters are errors here: ignoring one would widen the condition.
+fn parse_condition(state: &AppState, ty: ResourceType, headers: &HeaderMap) -> Result<Option<Vec<Filter>>, AppError> {
+    let Some(value) = headers.get("if-none-exist") else { return Ok(None) };
+    let text = value.to_str().unwrap_or("");
+    let text = text.split_once('?').map_or(text, |(_, q)| q);
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(text)
+        .map_err(|_| AppError::invalid(IssueType::Invalid, "If-None-Exist must be a search query"))?;
+    let parsed = query::parse(&state.registry.search, ty.as_str(), &pairs, &state.base_url, true)
+        .map_err(|e| AppError::invalid(IssueType::Invalid, format!("If-None-Exist: {e}")))?;
+    if parsed.filters.is_empty() {
+        return Err(AppError::invalid(IssueType::Invalid, "If-None-Exist must name at least one search parameter"));
     }
-    match param.as_str() {
-        "_id" => Ok(Some(Condition::Id(value.clone()))),
-        "identifier" => {
-            let (system, code) = match value.split_once('|') {
-                None => (SystemMatch::Any, value.as_str()),
-                Some(("", code)) => (SystemMatch::Absent, code),
-                Some((system, code)) => (SystemMatch::Is(system.to_owned()), code),
-            };
-            Ok(Some(Condition::Token {
-                param: param.clone(),
-                system,
-                code: code.to_owned(),
-            }))
-        }
-        other => Err(AppError::invalid(
-            IssueType::NotSupported,
-            format!(
-                "If-None-Exist: parameter '{other}' is not supported (supported: {})",
-                CONDITIONAL_CREATE_PARAMS.join(", ")
-            ),
-        )),
-    }
+    Ok(Some(parsed.filters))
 }
 
 /// `POST /{type}`: create, or conditional create with `If-None-Exist`.
@@ -193,30 +154,16 @@ pub async fn create(
     headers: HeaderMap,
     FhirJson(resource): FhirJson,
 ) -> Result<Response, AppError> {
-    let condition = parse_condition(&headers)?;
-    let references = check_resource(&state, ty, &resource, None)?;
+    let condition = parse_condition(&state, ty, &headers)?;
     let id = uuid::Uuid::new_v4().to_string();
+    let mut with_id = resource.clone();
+    with_id.insert("id".into(), Value::from(id.as_str()));
+    let checked = check_resource(&state, ty, &with_id, None)?;
     let location = Some((state.base_url.as_str(), ty));
-    match state
-        .store
-        .create(ty, &id, resource, condition, &references)
-        .await?
-    {
-        Written::Stored { version, .. } => Ok(resource_response(
-            format,
-            StatusCode::CREATED,
-            &version,
-            ret,
-            location,
-        )),
+    match state.store.create(ty, &id, resource, condition.as_deref(), checked.extras()).await? {
+        Written::Stored { version, .. } => Ok(resource_response(format, StatusCode::CREATED, &version, ret, location)),
         // R4 http.html#ccreate: one match, the request is ignored and the match returned.
-        Written::Matched(version) => Ok(resource_response(
-            format,
-            StatusCode::OK,
-            &version,
-            ret,
-            location,
-        )),
+        Written::Matched(version) => Ok(resource_response(format, StatusCode::OK, &version, ret, location)),
         Written::Unchanged => unreachable!("create always stores or matches"),
     }
 }
@@ -237,13 +184,7 @@ pub async fn read(
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response());
     }
-    Ok(resource_response(
-        format,
-        StatusCode::OK,
-        &version,
-        Return::Representation,
-        None,
-    ))
+    Ok(resource_response(format, StatusCode::OK, &version, Return::Representation, None))
 }
 
 /// The current, not deleted version of the target.
@@ -257,23 +198,13 @@ async fn current(state: &AppState, target: &Target) -> Result<Version, AppError>
 }
 
 /// `GET /{type}/{id}/_history/{vid}`: vread.
-pub async fn vread(
-    State(state): State<AppState>,
-    target: Target,
-    format: Format,
-) -> Result<Response, AppError> {
+pub async fn vread(State(state): State<AppState>, target: Target, format: Format) -> Result<Response, AppError> {
     let vid = target.version_id.unwrap_or_default();
     let described = || format!("{}/{} version {vid}", target.ty, target.id);
     match state.store.vread(target.ty, &target.id, vid).await? {
         None => Err(AppError::NotFound(described())),
         Some(v) if v.is_deleted() => Err(AppError::Gone(described())),
-        Some(v) => Ok(resource_response(
-            format,
-            StatusCode::OK,
-            &v,
-            Return::Representation,
-            None,
-        )),
+        Some(v) => Ok(resource_response(format, StatusCode::OK, &v, Return::Representation, None)),
     }
 }
 
@@ -287,32 +218,18 @@ pub async fn update(
     FhirJson(resource): FhirJson,
 ) -> Result<Response, AppError> {
     let expected = if_match(&headers)?;
-    let references = check_resource(&state, target.ty, &resource, Some(&target.id))?;
-    match state
-        .store
-        .update(target.ty, &target.id, resource, expected, &references)
-        .await?
-    {
-        Written::Stored {
-            version,
-            created: true,
-        } => Ok(resource_response(
+    let checked = check_resource(&state, target.ty, &resource, Some(&target.id))?;
+    match state.store.update(target.ty, &target.id, resource, expected, checked.extras()).await? {
+        Written::Stored { version, created: true } => Ok(resource_response(
             format,
             StatusCode::CREATED,
             &version,
             ret,
             Some((state.base_url.as_str(), target.ty)),
         )),
-        Written::Stored {
-            version,
-            created: false,
-        } => Ok(resource_response(
-            format,
-            StatusCode::OK,
-            &version,
-            ret,
-            None,
-        )),
+        Written::Stored { version, created: false } => {
+            Ok(resource_response(format, StatusCode::OK, &version, ret, None))
+        }
         Written::Matched(_) | Written::Unchanged => unreachable!("update always stores"),
     }
 }
@@ -327,17 +244,8 @@ pub async fn delete(
 ) -> Result<Response, AppError> {
     let written = state.store.delete(target.ty, &target.id).await?;
     let (text, version) = match &written {
-        Written::Stored { version, .. } => (
-            format!("{}/{} deleted", target.ty, target.id),
-            Some(version.version_id),
-        ),
-        _ => (
-            format!(
-                "{}/{} does not exist or is already deleted; nothing to do",
-                target.ty, target.id
-            ),
-            None,
-        ),
+        Written::Stored { version, .. } => (format!("{}/{} deleted", target.ty, target.id), Some(version.version_id)),
+        _ => (format!("{}/{} does not exist or is already deleted; nothing to do", target.ty, target.id), None),
     };
     let mut response = if ret == Return::OperationOutcome {
         let issue = Issue {

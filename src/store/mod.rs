@@ -11,6 +11,7 @@
 //! advisory locks make the same guarantees across replicas. Nothing is kept in memory between
 //! requests.
 
+pub mod search_sql;
 mod sql;
 
 use std::str::FromStr;
@@ -18,13 +19,15 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::fhir::registry::ResourceType;
+use crate::fhir::search::index::IndexEntry;
+use crate::fhir::search::query::{Filter, SearchQuery};
+use crate::fhir::search::INDEX_VERSION;
 use crate::fhir::validate::LocalReference;
 use crate::fhir::{self, Millis};
+use search_sql::{Bind, Compiler};
 use sql::{Dialect, POSTGRES, SQLITE};
 
 /// How often a write is retried when a concurrent writer changed the resource first.
@@ -54,9 +57,7 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                Self::Unavailable(e)
-            }
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => Self::Unavailable(e),
             sqlx::Error::Database(ref db) if db.is_unique_violation() => Self::Duplicate,
             other => Self::Db(other),
         }
@@ -93,25 +94,6 @@ pub enum Written {
     Unchanged,
 }
 
-/// A search condition of conditional create (`If-None-Exist`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Condition {
-    Id(String),
-    Token {
-        param: String,
-        system: SystemMatch,
-        code: String,
-    },
-}
-
-/// The system part of a token search: `code` (any), `|code` (none), `system|code`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SystemMatch {
-    Any,
-    Absent,
-    Is(String),
-}
-
 /// Where a history request looks.
 #[derive(Debug, Clone)]
 pub enum HistoryScope {
@@ -139,23 +121,55 @@ pub struct HistoryQuery {
 }
 
 /// A change a write makes.
-enum Change {
-    Create {
-        resource: Map<String, Value>,
-        condition: Option<Condition>,
-    },
-    Update {
-        resource: Map<String, Value>,
-        if_match: Option<i64>,
-    },
+enum Change<'a> {
+    Create { resource: Map<String, Value>, condition: Option<&'a [Filter]> },
+    Update { resource: Map<String, Value>, if_match: Option<i64> },
     Delete,
 }
 
+/// What a write stores besides the resource: the local references that must resolve, and the
+/// index rows of the new version.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WriteExtras<'a> {
+    pub references: &'a [LocalReference],
+    pub index: &'a [IndexEntry],
+}
+
+/// One page of search results.
+#[derive(Debug)]
+pub struct SearchPage {
+    pub matches: Vec<Version>,
+    /// The position after the last match, when more may follow.
+    pub next: Option<String>,
+    pub total: Option<i64>,
+}
+
+/// A search result row: a version and its position in the sort order.
+#[derive(sqlx::FromRow)]
+struct SearchRow {
+    #[sqlx(flatten)]
+    version: Version,
+    sort_key: String,
+}
+
+/// Binds the values of a compiled statement to a query (`sqlx::query` or `query_as`).
+macro_rules! bind_all {
+    ($query:expr, $sql:expr) => {{
+        let mut q = $query;
+        for b in &$sql.binds {
+            q = match b {
+                Bind::Text(s) => q.bind(s.as_str()),
+                Bind::OptText(s) => q.bind(s.as_deref()),
+                Bind::Int(i) => q.bind(*i),
+                Bind::Float(f) => q.bind(*f),
+            };
+        }
+        q
+    }};
+}
+
 enum Db {
-    Sqlite {
-        reader: SqlitePool,
-        writer: SqlitePool,
-    },
+    Sqlite { reader: SqlitePool, writer: SqlitePool },
     Postgres(PgPool),
 }
 
@@ -249,29 +263,15 @@ impl Store {
     #[tracing::instrument(skip_all, fields(fhir.type = %ty, fhir.id = %id))]
     pub async fn read(&self, ty: ResourceType, id: &str) -> Result<Option<Version>, StoreError> {
         Ok(on_db!(self, reader, |pool, _d| {
-            sqlx::query_as(sql::SELECT_CURRENT)
-                .bind(ty.as_str())
-                .bind(id)
-                .fetch_optional(pool)
-                .await?
+            sqlx::query_as(sql::SELECT_CURRENT).bind(ty.as_str()).bind(id).fetch_optional(pool).await?
         }))
     }
 
     /// One version of a resource.
     #[tracing::instrument(skip_all, fields(fhir.type = %ty, fhir.id = %id))]
-    pub async fn vread(
-        &self,
-        ty: ResourceType,
-        id: &str,
-        version_id: i64,
-    ) -> Result<Option<Version>, StoreError> {
+    pub async fn vread(&self, ty: ResourceType, id: &str, version_id: i64) -> Result<Option<Version>, StoreError> {
         Ok(on_db!(self, reader, |pool, _d| {
-            sqlx::query_as(sql::SELECT_VERSION)
-                .bind(ty.as_str())
-                .bind(id)
-                .bind(version_id)
-                .fetch_optional(pool)
-                .await?
+            sqlx::query_as(sql::SELECT_VERSION).bind(ty.as_str()).bind(id).bind(version_id).fetch_optional(pool).await?
         }))
     }
 
@@ -289,9 +289,7 @@ impl Store {
             let query = match &q.scope {
                 HistoryScope::System => sqlx::query_as(sql::HISTORY_SYSTEM),
                 HistoryScope::Type(ty) => sqlx::query_as(sql::HISTORY_TYPE).bind(ty.as_str()),
-                HistoryScope::Instance(ty, id) => sqlx::query_as(sql::HISTORY_INSTANCE)
-                    .bind(ty.as_str())
-                    .bind(id),
+                HistoryScope::Instance(ty, id) => sqlx::query_as(sql::HISTORY_INSTANCE).bind(ty.as_str()).bind(id),
             };
             query
                 .bind(since)
@@ -305,26 +303,18 @@ impl Store {
         }))
     }
 
-    /// Creates a resource with the server-assigned `id`; with a `condition`, only if no resource
-    /// matches it (R4 http.html#ccreate), atomically with respect to concurrent creates.
+    /// Creates a resource with the server-assigned `id`; with a `condition` (the search of
+    /// `If-None-Exist`), only if no resource matches it (R4 http.html#ccreate), atomically with
+    /// respect to concurrent creates.
     pub async fn create(
         &self,
         ty: ResourceType,
         id: &str,
         resource: Map<String, Value>,
-        condition: Option<Condition>,
-        references: &[LocalReference],
+        condition: Option<&[Filter]>,
+        extras: WriteExtras<'_>,
     ) -> Result<Written, StoreError> {
-        self.write(
-            ty,
-            id,
-            Change::Create {
-                resource,
-                condition,
-            },
-            references,
-        )
-        .await
+        self.write(ty, id, Change::Create { resource, condition }, extras).await
     }
 
     /// Updates (or creates, with the client's id) a resource; `if_match` is the version the
@@ -335,15 +325,14 @@ impl Store {
         id: &str,
         resource: Map<String, Value>,
         if_match: Option<i64>,
-        references: &[LocalReference],
+        extras: WriteExtras<'_>,
     ) -> Result<Written, StoreError> {
-        self.write(ty, id, Change::Update { resource, if_match }, references)
-            .await
+        self.write(ty, id, Change::Update { resource, if_match }, extras).await
     }
 
     /// Deletes a resource by storing a deletion version.
     pub async fn delete(&self, ty: ResourceType, id: &str) -> Result<Written, StoreError> {
-        self.write(ty, id, Change::Delete, &[]).await
+        self.write(ty, id, Change::Delete, WriteExtras::default()).await
     }
 
     #[tracing::instrument(skip_all, fields(fhir.type = %ty, fhir.id = %id))]
@@ -351,11 +340,11 @@ impl Store {
         &self,
         ty: ResourceType,
         id: &str,
-        change: Change,
-        references: &[LocalReference],
+        change: Change<'_>,
+        extras: WriteExtras<'_>,
     ) -> Result<Written, StoreError> {
         for _ in 0..WRITE_ATTEMPTS {
-            if let Some(done) = self.try_write(ty, id, &change, references).await? {
+            if let Some(done) = self.try_write(ty, id, &change, extras).await? {
                 return Ok(done);
             }
         }
@@ -369,50 +358,17 @@ impl Store {
         &self,
         ty: ResourceType,
         id: &str,
-        change: &Change,
-        references: &[LocalReference],
+        change: &Change<'_>,
+        extras: WriteExtras<'_>,
     ) -> Result<Option<Written>, StoreError> {
         let now = fhir::now_millis();
         on_db!(self, writer, |pool, dialect| {
             let mut tx = pool.begin_with(dialect.begin_write).await?;
 
-            if let Change::Create {
-                condition: Some(condition),
-                ..
-            } = change
-            {
-                sqlx::query(dialect.lock_condition)
-                    .bind(condition_lock_key(ty, condition))
-                    .execute(&mut *tx)
-                    .await?;
-                let matches: Vec<(String,)> = match condition {
-                    Condition::Id(wanted) => {
-                        sqlx::query_as(sql::MATCH_ID)
-                            .bind(ty.as_str())
-                            .bind(wanted)
-                            .fetch_all(&mut *tx)
-                            .await?
-                    }
-                    Condition::Token {
-                        param,
-                        system,
-                        code,
-                    } => {
-                        let (any, system) = match system {
-                            SystemMatch::Any => (true, None),
-                            SystemMatch::Absent => (false, None),
-                            SystemMatch::Is(s) => (false, Some(s.as_str())),
-                        };
-                        sqlx::query_as(sql::MATCH_TOKEN)
-                            .bind(ty.as_str())
-                            .bind(param)
-                            .bind(code)
-                            .bind(any)
-                            .bind(system)
-                            .fetch_all(&mut *tx)
-                            .await?
-                    }
-                };
+            if let Change::Create { condition: Some(condition), .. } = change {
+                sqlx::query(dialect.lock_condition).bind(condition_lock_key(ty, condition)).execute(&mut *tx).await?;
+                let sql = Compiler::new(dialect, now).ids(ty.as_str(), condition, 2);
+                let matches: Vec<(String,)> = bind_all!(sqlx::query_as(&sql.text), sql).fetch_all(&mut *tx).await?;
                 match matches.as_slice() {
                     [] => {}
                     [(found,)] => {
@@ -435,27 +391,16 @@ impl Store {
             let (resource, method, new_version) = match (change, current) {
                 (Change::Create { .. }, Some(_)) => return Err(StoreError::Duplicate),
                 (Change::Create { resource, .. }, None) => (Some(resource), "POST", 1),
-                (
-                    Change::Update {
-                        if_match: Some(expected),
-                        ..
-                    },
-                    cur,
-                ) if cur.map(|c| c.0) != Some(*expected) => {
+                (Change::Update { if_match: Some(expected), .. }, cur) if cur.map(|c| c.0) != Some(*expected) => {
                     return Err(StoreError::VersionConflict)
                 }
-                (Change::Update { resource, .. }, cur) => {
-                    (Some(resource), "PUT", cur.map_or(1, |c| c.0 + 1))
-                }
+                (Change::Update { resource, .. }, cur) => (Some(resource), "PUT", cur.map_or(1, |c| c.0 + 1)),
                 (Change::Delete, None | Some((_, true))) => return Ok(Some(Written::Unchanged)),
                 (Change::Delete, Some((v, false))) => (None, "DELETE", v + 1),
             };
 
             let mut missing = Vec::new();
-            for r in references
-                .iter()
-                .filter(|r| !(r.resource_type == ty.as_str() && r.id == id))
-            {
+            for r in extras.references.iter().filter(|r| !(r.resource_type == ty.as_str() && r.id == id)) {
                 let found: Option<(i64,)> = sqlx::query_as(dialect.reference_exists)
                     .bind(&r.resource_type)
                     .bind(&r.id)
@@ -489,13 +434,7 @@ impl Store {
             .await?;
             if replaced.rows_affected() != 1 {
                 // A concurrent writer changed the resource between our read and our write.
-                if matches!(
-                    change,
-                    Change::Update {
-                        if_match: Some(_),
-                        ..
-                    }
-                ) {
+                if matches!(change, Change::Update { if_match: Some(_), .. }) {
                     return Err(StoreError::VersionConflict);
                 }
                 return Ok(None);
@@ -509,22 +448,13 @@ impl Store {
                 .bind(content.as_deref())
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(sql::DELETE_TOKENS)
-                .bind(ty.as_str())
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            if let Some(resource) = resource {
-                for (param, system, code) in identifier_tokens(resource) {
-                    sqlx::query(sql::INSERT_TOKEN)
-                        .bind(ty.as_str())
-                        .bind(id)
-                        .bind(param)
-                        .bind(system)
-                        .bind(code)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+            let index = if resource.is_some() { extras.index } else { &[] };
+            for statement in search_sql::index_deletes(ty.as_str(), id).iter().chain(&search_sql::index_inserts(
+                ty.as_str(),
+                id,
+                index,
+            )) {
+                bind_all!(sqlx::query(&statement.text), statement).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             let version = Version {
@@ -535,36 +465,158 @@ impl Store {
                 method: method.to_owned(),
                 content,
             };
-            Ok(Some(Written::Stored {
-                version,
-                created: current.is_none_or(|c| c.1),
-            }))
+            Ok(Some(Written::Stored { version, created: current.is_none_or(|c| c.1) }))
         })
+    }
+
+    /// One page of a search on `ty`, after the position `after` (from a previous page's `next`).
+    #[tracing::instrument(skip_all, fields(fhir.type = %ty))]
+    pub async fn search(
+        &self,
+        ty: ResourceType,
+        q: &SearchQuery,
+        after: Option<&str>,
+        with_total: bool,
+    ) -> Result<SearchPage, SearchError> {
+        let now = fhir::now_millis();
+        let position: Option<Vec<Value>> = match after {
+            Some(text) => Some(serde_json::from_str(text).map_err(|_| SearchError::BadCursor)?),
+            None => None,
+        };
+        let limit = i64::from(q.count);
+        Ok(on_db!(self, reader, |pool, dialect| {
+            let mut matches = Vec::new();
+            let mut next = None;
+            if limit > 0 {
+                let sql = Compiler::new(dialect, now)
+                    .page(ty.as_str(), &q.filters, &q.sort, position.as_deref(), limit + 1)
+                    .map_err(|_| SearchError::BadCursor)?;
+                let rows: Vec<SearchRow> =
+                    bind_all!(sqlx::query_as(&sql.text), sql).fetch_all(pool).await.map_err(StoreError::from)?;
+                let more = rows.len() as i64 > limit;
+                for (i, row) in rows.into_iter().enumerate() {
+                    if (i as i64) < limit {
+                        if more && i as i64 == limit - 1 {
+                            next = Some(row.sort_key.clone());
+                        }
+                        matches.push(row.version);
+                    }
+                }
+            }
+            let total = if with_total {
+                let sql = Compiler::new(dialect, now).count(ty.as_str(), &q.filters);
+                let (n,): (i64,) =
+                    bind_all!(sqlx::query_as(&sql.text), sql).fetch_one(pool).await.map_err(StoreError::from)?;
+                Some(n)
+            } else {
+                None
+            };
+            SearchPage { matches, next, total }
+        }))
+    }
+
+    /// Resources the `sources` (ids of `source_type`) reference through `param`.
+    pub async fn include(
+        &self,
+        source_type: &str,
+        param: &str,
+        target_type: Option<&str>,
+        sources: &[String],
+        limit: i64,
+    ) -> Result<Vec<Version>, StoreError> {
+        if sources.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(on_db!(self, reader, |pool, dialect| {
+            let sql = Compiler::new(dialect, 0).include(source_type, param, target_type, sources, limit);
+            bind_all!(sqlx::query_as(&sql.text), sql).fetch_all(pool).await?
+        }))
+    }
+
+    /// Resources of `source_type` that reference one of `targets` (of `target_type`) through `param`.
+    pub async fn revinclude(
+        &self,
+        source_type: &str,
+        param: &str,
+        target_type: &str,
+        targets: &[String],
+        limit: i64,
+    ) -> Result<Vec<Version>, StoreError> {
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(on_db!(self, reader, |pool, dialect| {
+            let sql = Compiler::new(dialect, 0).revinclude(source_type, param, target_type, targets, limit);
+            bind_all!(sqlx::query_as(&sql.text), sql).fetch_all(pool).await?
+        }))
+    }
+
+    /// Rebuilds the index rows of every current resource when they were written by an older
+    /// version of the extraction ([`INDEX_VERSION`]); a no-op otherwise. Runs at start-up, in
+    /// batches, each in its own transaction.
+    pub async fn reindex_if_needed(
+        &self,
+        extract: &(dyn Fn(&str, &Value) -> Vec<IndexEntry> + Sync),
+    ) -> Result<u64, StoreError> {
+        const BATCH: i64 = 500;
+        let mut done = 0;
+        on_db!(self, writer, |pool, dialect| {
+            let (version,): (i64,) = sqlx::query_as(sql::SELECT_INDEX_VERSION).fetch_one(pool).await?;
+            if version == INDEX_VERSION {
+                return Ok(0);
+            }
+            tracing::info!(from = version, to = INDEX_VERSION, "re-indexing current resources");
+            let (mut after_type, mut after_id) = (String::new(), String::new());
+            loop {
+                let mut tx = pool.begin_with(dialect.begin_write).await?;
+                let batch: Vec<Version> = sqlx::query_as(sql::SELECT_LIVE_BATCH)
+                    .bind(&after_type)
+                    .bind(&after_id)
+                    .bind(BATCH)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for v in &batch {
+                    let resource: Value =
+                        v.content.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or(Value::Null);
+                    let entries = extract(&v.resource_type, &resource);
+                    for statement in search_sql::index_deletes(&v.resource_type, &v.id)
+                        .iter()
+                        .chain(&search_sql::index_inserts(&v.resource_type, &v.id, &entries))
+                    {
+                        bind_all!(sqlx::query(&statement.text), statement).execute(&mut *tx).await?;
+                    }
+                }
+                if batch.len() < BATCH as usize {
+                    sqlx::query(sql::SET_INDEX_VERSION).bind(INDEX_VERSION).execute(&mut *tx).await?;
+                    tx.commit().await?;
+                    done += batch.len() as u64;
+                    break;
+                }
+                if let Some(last) = batch.last() {
+                    after_type.clone_from(&last.resource_type);
+                    after_id.clone_from(&last.id);
+                }
+                done += batch.len() as u64;
+                tx.commit().await?;
+            }
+        });
+        Ok(done)
     }
 }
 
-/// Token index values of `identifier` (Identifier.system | Identifier.value).
-fn identifier_tokens(resource: &Map<String, Value>) -> Vec<(&'static str, Option<&str>, &str)> {
-    let identifiers = match resource.get("identifier") {
-        Some(Value::Array(items)) => items.iter().collect(),
-        Some(single @ Value::Object(_)) => vec![single],
-        _ => Vec::new(),
-    };
-    identifiers
-        .into_iter()
-        .filter_map(|i| {
-            let code = i.get("value")?.as_str()?;
-            Some(("identifier", i.get("system").and_then(Value::as_str), code))
-        })
-        .collect()
+/// Errors of a search.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("the paging position is not one this server issued for this search")]
+    BadCursor,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A stable 64-bit key (FNV-1a) for the advisory lock that serialises conditional creates with
 /// the same condition across connections and replicas.
-fn condition_lock_key(ty: ResourceType, condition: &Condition) -> i64 {
+fn condition_lock_key(ty: ResourceType, condition: &[Filter]) -> i64 {
     let text = format!("{ty}?{condition:?}");
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     hash as i64
 }

@@ -9,6 +9,9 @@ pub struct Dialect {
     /// Reads the current version for a write; on PostgreSQL it also locks the row, so that
     /// concurrent writers of one resource queue instead of racing.
     pub select_current_for_write: &'static str,
+    /// Opens and closes a JSON array of SQL values, as text (search paging keys).
+    pub json_array_open: &'static str,
+    pub json_array_close: &'static str,
     /// Finds a live resource that a reference points at and keeps it from being deleted until
     /// the referring write commits.
     pub reference_exists: &'static str,
@@ -20,15 +23,19 @@ pub const SQLITE: Dialect = Dialect {
     begin_write: "BEGIN IMMEDIATE",
     lock_condition: "SELECT $1",
     select_current_for_write: SELECT_CURRENT_VERSION,
-    reference_exists:
-        "SELECT version_id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted",
+    json_array_open: "json_array(",
+    json_array_close: ")",
+    reference_exists: "SELECT version_id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted",
 };
 
 /// PostgreSQL: advisory and row locks make concurrent replicas behave as one server.
 pub const POSTGRES: Dialect = Dialect {
     begin_write: "BEGIN",
     lock_condition: "SELECT pg_advisory_xact_lock($1)",
-    select_current_for_write: "SELECT version_id, deleted FROM resources WHERE resource_type = $1 AND id = $2 FOR UPDATE",
+    select_current_for_write:
+        "SELECT version_id, deleted FROM resources WHERE resource_type = $1 AND id = $2 FOR UPDATE",
+    json_array_open: "json_build_array(",
+    json_array_close: ")::text",
     reference_exists: "SELECT version_id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted FOR SHARE",
 };
 
@@ -40,8 +47,7 @@ pub const SELECT_CURRENT: &str = "SELECT resource_type, id, version_id, last_upd
 pub const SELECT_CURRENT_VERSION: &str =
     "SELECT version_id, deleted FROM resources WHERE resource_type = $1 AND id = $2";
 
-pub const SELECT_VERSION: &str =
-    "SELECT resource_type, id, version_id, last_updated, method, content \
+pub const SELECT_VERSION: &str = "SELECT resource_type, id, version_id, last_updated, method, content \
      FROM resource_history WHERE resource_type = $1 AND id = $2 AND version_id = $3";
 
 /// `$7` (the version replaced) is unused here; it keeps the binds of insert and update alike.
@@ -51,44 +57,33 @@ pub const INSERT_CURRENT: &str =
      ON CONFLICT (resource_type, id) DO NOTHING";
 
 /// Compare-and-swap: replaces the current row only if it is still version `$7`.
-pub const UPDATE_CURRENT: &str =
-    "UPDATE resources SET version_id = $3, last_updated = $4, deleted = $5, content = $6 \
+pub const UPDATE_CURRENT: &str = "UPDATE resources SET version_id = $3, last_updated = $4, deleted = $5, content = $6 \
      WHERE resource_type = $1 AND id = $2 AND version_id = $7";
 
 pub const INSERT_HISTORY: &str =
     "INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, content) \
      VALUES ($1, $2, $3, $4, $5, $6)";
 
-pub const DELETE_TOKENS: &str =
-    "DELETE FROM search_token WHERE resource_type = $1 AND resource_id = $2";
+pub const SELECT_INDEX_VERSION: &str = "SELECT version FROM index_state WHERE id = 1";
+pub const SET_INDEX_VERSION: &str = "UPDATE index_state SET version = $1 WHERE id = 1";
 
-pub const INSERT_TOKEN: &str =
-    "INSERT INTO search_token (resource_type, resource_id, param, system, code) VALUES ($1, $2, $3, $4, $5)";
-
-pub const MATCH_ID: &str =
-    "SELECT id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted";
-
-/// `$4` true: any system; otherwise the system must equal `$5` (NULL: no system).
-pub const MATCH_TOKEN: &str = "SELECT DISTINCT resource_id FROM search_token \
-     WHERE resource_type = $1 AND param = $2 AND code = $3 \
-     AND ($4 OR system = $5 OR (system IS NULL AND $5 IS NULL)) LIMIT 2";
+/// Current resources in id order after `$1`, a batch of `$2`, for re-indexing.
+pub const SELECT_LIVE_BATCH: &str = "SELECT resource_type, id, version_id, last_updated, 'PUT' AS method, content \
+     FROM resources WHERE NOT deleted AND (resource_type, id) > ($1, $2) ORDER BY resource_type, id LIMIT $3";
 
 // History pages, newest first. Binds after the scope: since, the cursor (last_updated,
 // resource_type, id, version_id) that the page starts after, and the page size.
-pub const HISTORY_SYSTEM: &str =
-    "SELECT resource_type, id, version_id, last_updated, method, content \
+pub const HISTORY_SYSTEM: &str = "SELECT resource_type, id, version_id, last_updated, method, content \
      FROM resource_history WHERE last_updated >= $1 \
      AND (last_updated, resource_type, id, version_id) < ($2, $3, $4, $5) \
      ORDER BY last_updated DESC, resource_type DESC, id DESC, version_id DESC LIMIT $6";
 
-pub const HISTORY_TYPE: &str =
-    "SELECT resource_type, id, version_id, last_updated, method, content \
+pub const HISTORY_TYPE: &str = "SELECT resource_type, id, version_id, last_updated, method, content \
      FROM resource_history WHERE resource_type = $1 AND last_updated >= $2 \
      AND (last_updated, resource_type, id, version_id) < ($3, $4, $5, $6) \
      ORDER BY last_updated DESC, resource_type DESC, id DESC, version_id DESC LIMIT $7";
 
-pub const HISTORY_INSTANCE: &str =
-    "SELECT resource_type, id, version_id, last_updated, method, content \
+pub const HISTORY_INSTANCE: &str = "SELECT resource_type, id, version_id, last_updated, method, content \
      FROM resource_history WHERE resource_type = $1 AND id = $2 AND last_updated >= $3 \
      AND (last_updated, resource_type, id, version_id) < ($4, $5, $6, $7) \
      ORDER BY last_updated DESC, resource_type DESC, id DESC, version_id DESC LIMIT $8";

@@ -18,35 +18,13 @@ pub async fn concurrent_if_match_writers_exactly_one_wins(app: TestApp) {
         body["name"][0]["given"] = json!([format!("writer {i}")]);
         let path = format!("Patient/{id}");
         tokio::spawn(async move {
-            app.send(
-                Method::PUT,
-                &path,
-                &[("if-match", "W/\"1\"")],
-                Some(body.to_string()),
-            )
-            .await
-            .status
+            app.send(Method::PUT, &path, &[("if-match", "W/\"1\"")], Some(body.to_string())).await.status
         })
     });
-    let statuses: Vec<u16> = join_all(attempts)
-        .await
-        .into_iter()
-        .map(|s| s.unwrap().as_u16())
-        .collect();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 412).count(),
-        WRITERS - 1,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        app.get(&format!("Patient/{id}")).await.json["meta"]["versionId"],
-        "2"
-    );
+    let statuses: Vec<u16> = join_all(attempts).await.into_iter().map(|s| s.unwrap().as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 412).count(), WRITERS - 1, "{statuses:?}");
+    assert_eq!(app.get(&format!("Patient/{id}")).await.json["meta"]["versionId"], "2");
 }
 
 pub async fn concurrent_updates_lose_nothing(app: TestApp) {
@@ -58,11 +36,7 @@ pub async fn concurrent_updates_lose_nothing(app: TestApp) {
         let path = format!("Patient/{id}");
         tokio::spawn(async move { app.put(&path, &body).await.status.as_u16() })
     });
-    let statuses: Vec<u16> = join_all(writes)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let statuses: Vec<u16> = join_all(writes).await.into_iter().map(Result::unwrap).collect();
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     let current = app.get(&format!("Patient/{id}")).await;
     assert_eq!(current.json["meta"]["versionId"], (WRITERS + 1).to_string());
@@ -77,32 +51,15 @@ pub async fn concurrent_conditional_creates_make_one_resource(app: TestApp) {
         let app = app.clone();
         let body = patient.to_string();
         tokio::spawn(async move {
-            app.send(
-                Method::POST,
-                "Patient",
-                &[("if-none-exist", "identifier=urn:mrn|race")],
-                Some(body),
-            )
-            .await
-            .status
-            .as_u16()
+            app.send(Method::POST, "Patient", &[("if-none-exist", "identifier=urn:mrn|race")], Some(body))
+                .await
+                .status
+                .as_u16()
         })
     });
-    let statuses: Vec<u16> = join_all(creates)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 201).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        WRITERS - 1,
-        "{statuses:?}"
-    );
+    let statuses: Vec<u16> = join_all(creates).await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), WRITERS - 1, "{statuses:?}");
     let history = app.get("Patient/_history").await;
     assert_eq!(history.json["entry"].as_array().unwrap().len(), 1);
 }

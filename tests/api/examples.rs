@@ -9,30 +9,17 @@ use serde_json::{json, Value};
 use crate::helpers::TestApp;
 
 /// The official example that is invalid R4, and the element at fault.
-const KNOWN_INVALID: (&str, &str) = (
-    "Observation/clinical-gender",
-    "Observation.performer[0].reference",
-);
+const KNOWN_INVALID: (&str, &str) = ("Observation/clinical-gender", "Observation.performer[0].reference");
 
 fn load_examples() -> Vec<Value> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/api/fixtures/examples");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
-    files
-        .iter()
-        .map(|f| serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap())
-        .collect()
+    files.iter().map(|f| serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap()).collect()
 }
 
 fn key(resource: &Value) -> String {
-    format!(
-        "{}/{}",
-        resource["resourceType"].as_str().unwrap(),
-        resource["id"].as_str().unwrap()
-    )
+    format!("{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap())
 }
 
 /// `Type/id` of every relative reference to a supported type.
@@ -104,10 +91,7 @@ async fn put_all(app: &TestApp, pending: &mut Vec<Value>) -> BTreeMap<String, (u
 pub async fn official_examples_round_trip(app: TestApp) {
     let examples = load_examples();
     assert!(examples.len() >= 180, "fixtures present");
-    let supported: BTreeSet<&str> = liaison::fhir::registry::SUPPORTED_TYPES
-        .iter()
-        .copied()
-        .collect();
+    let supported: BTreeSet<&str> = liaison::fhir::registry::SUPPORTED_TYPES.iter().copied().collect();
 
     let mut pending = examples.clone();
     let rejected = put_all(&app, &mut pending).await;
@@ -124,37 +108,18 @@ pub async fn official_examples_round_trip(app: TestApp) {
     assert_eq!(outcome["issue"].as_array().unwrap().len(), 1, "{body}");
     assert_eq!(outcome["issue"][0]["expression"][0], KNOWN_INVALID.1);
     pending.retain(|r| key(r) != KNOWN_INVALID.0);
-    let examples: Vec<Value> = examples
-        .into_iter()
-        .filter(|r| key(r) != KNOWN_INVALID.0)
-        .collect();
+    let examples: Vec<Value> = examples.into_iter().filter(|r| key(r) != KNOWN_INVALID.0).collect();
 
-    let invalid: Vec<_> = rejected
-        .iter()
-        .filter(|(k, (s, _))| *s != 422 && *k != KNOWN_INVALID.0)
-        .collect();
-    assert!(
-        invalid.is_empty(),
-        "{}",
-        invalid
-            .iter()
-            .map(|(k, (_, b))| format!("{k}: {b}\n"))
-            .collect::<String>()
-    );
+    let invalid: Vec<_> = rejected.iter().filter(|(k, (s, _))| *s != 422 && *k != KNOWN_INVALID.0).collect();
+    assert!(invalid.is_empty(), "{}", invalid.iter().map(|(k, (_, b))| format!("{k}: {b}\n")).collect::<String>());
     for resource in &pending {
         let (status, body) = &rejected[&key(resource)];
         assert_eq!(*status, 422, "{} was rejected: {body}", key(resource));
-        assert!(
-            body.contains("not-found") && body.contains(".reference"),
-            "{body}"
-        );
+        assert!(body.contains("not-found") && body.contains(".reference"), "{body}");
         references(resource, &supported, &mut missing);
     }
     missing.retain(|m| !loaded.contains(m));
-    assert!(
-        !pending.is_empty() && !missing.is_empty(),
-        "the package has dangling references; they must be enforced"
-    );
+    assert!(!pending.is_empty() && !missing.is_empty(), "the package has dangling references; they must be enforced");
     for target in &missing {
         app.put(target, &stub(target)).await.expect(201);
     }
@@ -179,8 +144,5 @@ pub async fn official_examples_round_trip(app: TestApp) {
             differences.push(key(example));
         }
     }
-    assert!(
-        differences.is_empty(),
-        "returned differently from what was sent: {differences:?}"
-    );
+    assert!(differences.is_empty(), "returned differently from what was sent: {differences:?}");
 }

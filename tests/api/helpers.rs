@@ -42,16 +42,12 @@ impl Backend {
 }
 
 pub fn postgres_url() -> String {
-    std::env::var("LIAISON_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("LIAISON_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// Whether a PostgreSQL server answers at [`postgres_url`]; `Err` says why not.
 pub fn postgres_available() -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async {
         let connect = sqlx::PgConnection::connect(&postgres_url());
         match tokio::time::timeout(Duration::from_secs(5), connect).await {
@@ -67,10 +63,7 @@ pub fn postgres_available() -> Result<(), String> {
 
 /// Runs one test body against a fresh database of `backend`.
 pub fn run(backend: Backend, test: TestFn) -> Result<(), libtest_mimic::Failed> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let (app, cleanup) = TestApp::start(backend).await;
         let outcome = AssertUnwindSafe(test(app)).catch_unwind().await;
@@ -96,9 +89,7 @@ impl Cleanup {
     async fn run(self) {
         if let Self::Schema(schema) = self {
             if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_url()).await {
-                let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                    .execute(&mut conn)
-                    .await;
+                let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&mut conn).await;
             }
         }
     }
@@ -138,23 +129,14 @@ impl TestResponse {
 
     /// The issues of an OperationOutcome body (asserting that it is one).
     pub fn issues(&self) -> Vec<Value> {
-        assert_eq!(
-            self.json["resourceType"], "OperationOutcome",
-            "expected an OperationOutcome, got {}",
-            self.text
-        );
+        assert_eq!(self.json["resourceType"], "OperationOutcome", "expected an OperationOutcome, got {}", self.text);
         self.json["issue"].as_array().cloned().unwrap_or_default()
     }
 
     /// Asserts the status, printing the body when it differs.
     #[track_caller]
     pub fn expect(&self, status: u16) -> &Self {
-        assert_eq!(
-            self.status.as_u16(),
-            status,
-            "unexpected status; body: {}",
-            self.text
-        );
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
         self
     }
 }
@@ -164,30 +146,15 @@ impl TestApp {
         let (database_url, cleanup) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temporary directory");
-                let url = format!(
-                    "sqlite://{}?mode=rwc",
-                    dir.path().join("liaison.db").display()
-                );
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("liaison.db").display());
                 (url, Cleanup::TempDir(dir))
             }
             Backend::Postgres => {
                 let schema = format!("test_{}", uuid::Uuid::new_v4().simple());
-                let mut conn = sqlx::PgConnection::connect(&postgres_url())
-                    .await
-                    .expect("PostgreSQL is reachable");
-                sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                    .execute(&mut conn)
-                    .await
-                    .expect("create schema");
-                let sep = if postgres_url().contains('?') {
-                    '&'
-                } else {
-                    '?'
-                };
-                (
-                    format!("{}{sep}options[search_path]={schema}", postgres_url()),
-                    Cleanup::Schema(schema),
-                )
+                let mut conn = sqlx::PgConnection::connect(&postgres_url()).await.expect("PostgreSQL is reachable");
+                sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut conn).await.expect("create schema");
+                let sep = if postgres_url().contains('?') { '&' } else { '?' };
+                (format!("{}{sep}options[search_path]={schema}", postgres_url()), Cleanup::Schema(schema))
             }
         };
         let app = Self::connect(backend, &database_url).await;
@@ -200,15 +167,9 @@ impl TestApp {
         config.base_url = Some(BASE.into());
         config.max_body_bytes = 256 * 1024;
         config.db_max_connections = 4;
-        let state = liaison::build_state(&config)
-            .await
-            .expect("store opens and migrates");
+        let state = liaison::build_state(&config).await.expect("store opens and migrates");
         let router = liaison::app(state, &config);
-        Self {
-            router,
-            backend,
-            database_url: database_url.to_owned(),
-        }
+        Self { router, backend, database_url: database_url.to_owned() }
     }
 
     /// Sends a request; `body` is sent as FHIR JSON unless `headers` set a Content-Type.
@@ -219,8 +180,7 @@ impl TestApp {
         headers: &[(&str, &str)],
         body: Option<String>,
     ) -> TestResponse {
-        self.send_bytes(method, path, headers, body.map(String::into_bytes))
-            .await
+        self.send_bytes(method, path, headers, body.map(String::into_bytes)).await
     }
 
     /// Like [`Self::send`], with a body that need not be UTF-8.
@@ -231,47 +191,22 @@ impl TestApp {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> TestResponse {
-        let uri = if path.starts_with('/') {
-            path.to_owned()
-        } else {
-            format!("/fhir/{path}")
-        };
+        let uri = if path.starts_with('/') { path.to_owned() } else { format!("/fhir/{path}") };
         let mut req = Request::builder().method(method).uri(uri);
-        if body.is_some()
-            && !headers
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        {
+        if body.is_some() && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
             req = req.header("content-type", "application/fhir+json");
         }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req
-            .body(body.map(Body::from).unwrap_or_else(Body::empty))
-            .expect("request builds");
-        let response = self
-            .router
-            .clone()
-            .oneshot(req)
-            .await
-            .expect("router is infallible");
+        let req = req.body(body.map(Body::from).unwrap_or_else(Body::empty)).expect("request builds");
+        let response = self.router.clone().oneshot(req).await.expect("router is infallible");
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body reads")
-            .to_bytes();
+        let bytes = response.into_body().collect().await.expect("body reads").to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        TestResponse {
-            status,
-            headers,
-            text,
-            json,
-        }
+        TestResponse { status, headers, text, json }
     }
 
     pub async fn get(&self, path: &str) -> TestResponse {
@@ -279,13 +214,11 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> TestResponse {
-        self.send(Method::POST, path, &[], Some(body.to_string()))
-            .await
+        self.send(Method::POST, path, &[], Some(body.to_string())).await
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> TestResponse {
-        self.send(Method::PUT, path, &[], Some(body.to_string()))
-            .await
+        self.send(Method::PUT, path, &[], Some(body.to_string())).await
     }
 
     pub async fn delete(&self, path: &str) -> TestResponse {
@@ -295,10 +228,7 @@ impl TestApp {
     /// Creates `resource` and returns the stored resource.
     #[track_caller]
     pub fn create(&self, resource: Value) -> impl Future<Output = Value> + '_ {
-        let ty = resource["resourceType"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let ty = resource["resourceType"].as_str().unwrap_or_default().to_owned();
         async move {
             let r = self.post(&ty, &resource).await;
             assert_eq!(r.status, StatusCode::CREATED, "create {ty}: {}", r.text);

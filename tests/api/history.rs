@@ -13,39 +13,23 @@ fn entries(bundle: &Value) -> Vec<Value> {
 }
 
 fn next_link(bundle: &Value) -> Option<String> {
-    bundle["link"]
-        .as_array()?
-        .iter()
-        .find(|l| l["relation"] == "next")?["url"]
-        .as_str()
-        .map(str::to_owned)
+    bundle["link"].as_array()?.iter().find(|l| l["relation"] == "next")?["url"].as_str().map(str::to_owned)
 }
 
 pub async fn instance_history_lists_versions_newest_first(app: TestApp) {
     let created = app.create(fixtures::patient()).await;
     let id = created["id"].as_str().unwrap();
-    app.put(&format!("Patient/{id}"), &created)
-        .await
-        .expect(200);
+    app.put(&format!("Patient/{id}"), &created).await.expect(200);
     app.delete(&format!("Patient/{id}")).await.expect(204);
 
     let r = app.get(&format!("Patient/{id}/_history")).await;
     r.expect(200);
     let e = entries(&r.json);
-    let methods: Vec<&str> = e
-        .iter()
-        .map(|e| e["request"]["method"].as_str().unwrap())
-        .collect();
+    let methods: Vec<&str> = e.iter().map(|e| e["request"]["method"].as_str().unwrap()).collect();
     assert_eq!(methods, ["DELETE", "PUT", "POST"]);
-    let etags: Vec<&str> = e
-        .iter()
-        .map(|e| e["response"]["etag"].as_str().unwrap())
-        .collect();
+    let etags: Vec<&str> = e.iter().map(|e| e["response"]["etag"].as_str().unwrap()).collect();
     assert_eq!(etags, ["W/\"3\"", "W/\"2\"", "W/\"1\""]);
-    assert!(
-        e[0].get("resource").is_none(),
-        "a deletion carries no resource"
-    );
+    assert!(e[0].get("resource").is_none(), "a deletion carries no resource");
     assert_eq!(e[1]["resource"]["meta"]["versionId"], "2");
     assert_eq!(e[2]["fullUrl"], format!("{BASE}/Patient/{id}"));
     assert_eq!(e[2]["response"]["status"], "201 Created");
@@ -60,8 +44,7 @@ pub async fn type_history_pages_through_every_version_once(app: TestApp) {
         expected.insert((id.clone(), "1".to_owned()));
         expected.insert((id, "2".to_owned()));
     }
-    app.create(json!({"resourceType": "Organization", "name": "Clinic"}))
-        .await;
+    app.create(json!({"resourceType": "Organization", "name": "Clinic"})).await;
 
     let mut seen = HashSet::new();
     let mut url = "Patient/_history?_count=3".to_owned();
@@ -73,21 +56,12 @@ pub async fn type_history_pages_through_every_version_once(app: TestApp) {
         for e in entries(&r.json) {
             let key = (
                 e["resource"]["id"].as_str().unwrap().to_owned(),
-                e["resource"]["meta"]["versionId"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned(),
+                e["resource"]["meta"]["versionId"].as_str().unwrap().to_owned(),
             );
             assert!(seen.insert(key), "an entry appeared twice");
         }
         match next_link(&r.json) {
-            Some(next) => {
-                url = next
-                    .strip_prefix(BASE)
-                    .unwrap()
-                    .trim_start_matches('/')
-                    .to_owned()
-            }
+            Some(next) => url = next.strip_prefix(BASE).unwrap().trim_start_matches('/').to_owned(),
             None => break,
         }
         assert!(pages < 10, "paging does not end");
@@ -101,17 +75,9 @@ pub async fn since_keeps_only_later_versions(app: TestApp) {
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let second = app.create(fixtures::patient()).await;
     let since = second["meta"]["lastUpdated"].as_str().unwrap();
-    let r = app
-        .get(&format!(
-            "Patient/_history?_since={}",
-            since.replace('+', "%2B")
-        ))
-        .await;
+    let r = app.get(&format!("Patient/_history?_since={}", since.replace('+', "%2B"))).await;
     r.expect(200);
-    let ids: Vec<Value> = entries(&r.json)
-        .iter()
-        .map(|e| e["resource"]["id"].clone())
-        .collect();
+    let ids: Vec<Value> = entries(&r.json).iter().map(|e| e["resource"]["id"].clone()).collect();
     assert_eq!(ids, [second["id"].clone()]);
     assert_ne!(first["id"], second["id"]);
     let next = r.json["link"][0]["url"].as_str().unwrap();
@@ -121,15 +87,10 @@ pub async fn since_keeps_only_later_versions(app: TestApp) {
 pub async fn system_history_spans_types(app: TestApp) {
     let p = app.create(fixtures::patient()).await;
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let plan = app
-        .create(fixtures::care_plan(p["id"].as_str().unwrap()))
-        .await;
+    let plan = app.create(fixtures::care_plan(p["id"].as_str().unwrap())).await;
     let r = app.get("_history").await;
     r.expect(200);
-    let types: Vec<Value> = entries(&r.json)
-        .iter()
-        .map(|e| e["resource"]["resourceType"].clone())
-        .collect();
+    let types: Vec<Value> = entries(&r.json).iter().map(|e| e["resource"]["resourceType"].clone()).collect();
     assert_eq!(types, [json!("CarePlan"), json!("Patient")]);
     assert_eq!(entries(&r.json)[0]["resource"]["id"], plan["id"]);
 }
@@ -137,9 +98,7 @@ pub async fn system_history_spans_types(app: TestApp) {
 pub async fn history_errors(app: TestApp) {
     app.get("Patient/nobody/_history").await.expect(404);
     app.get("Patient/_history?_count=many").await.expect(400);
-    app.get("Patient/_history?_since=yesterday")
-        .await
-        .expect(400);
+    app.get("Patient/_history?_since=yesterday").await.expect(400);
     app.get("Patient/_history?_cursor=forged").await.expect(400);
     app.get("Patient/_history?colour=blue").await.expect(400);
     app.get("Spaceship/_history").await.expect(404);

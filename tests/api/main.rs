@@ -84,9 +84,7 @@ fn main() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         for (name, test) in &tests {
             let test = *test;
-            let trial = Trial::test(format!("{}::{name}", backend.name()), move || {
-                helpers::run(backend, test)
-            });
+            let trial = Trial::test(format!("{}::{name}", backend.name()), move || helpers::run(backend, test));
             trials.push(trial.with_ignored_flag(backend == Backend::Postgres && skip_postgres));
         }
     }

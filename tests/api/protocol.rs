@@ -12,43 +12,20 @@ pub async fn xml_is_refused_with_406(app: TestApp) {
     let r = app.get("metadata?_format=xml").await;
     r.expect(406);
     assert_eq!(r.issues()[0]["code"], "not-supported");
-    app.send(
-        Method::GET,
-        "metadata",
-        &[("accept", "application/fhir+xml")],
-        None,
-    )
-    .await
-    .expect(406);
-    app.send(
-        Method::GET,
-        "metadata",
-        &[(
-            "accept",
-            "application/fhir+xml, application/fhir+json;q=0.9",
-        )],
-        None,
-    )
-    .await
-    .expect(200);
+    app.send(Method::GET, "metadata", &[("accept", "application/fhir+xml")], None).await.expect(406);
+    app.send(Method::GET, "metadata", &[("accept", "application/fhir+xml, application/fhir+json;q=0.9")], None)
+        .await
+        .expect(200);
 }
 
 pub async fn json_flavours_and_pretty_printing(app: TestApp) {
     let created = app.create(fixtures::patient()).await;
     let path = format!("Patient/{}", created["id"].as_str().unwrap());
-    let plain = app
-        .send(Method::GET, &path, &[("accept", "application/json")], None)
-        .await;
+    let plain = app.send(Method::GET, &path, &[("accept", "application/json")], None).await;
     plain.expect(200);
-    assert!(plain
-        .header("content-type")
-        .unwrap()
-        .starts_with("application/json"));
+    assert!(plain.header("content-type").unwrap().starts_with("application/json"));
     let fhir = app.get(&format!("{path}?_format=json")).await;
-    assert!(fhir
-        .header("content-type")
-        .unwrap()
-        .starts_with("application/fhir+json"));
+    assert!(fhir.header("content-type").unwrap().starts_with("application/fhir+json"));
     assert!(!fhir.text.contains('\n'));
     let pretty = app.get(&format!("{path}?_pretty=true")).await;
     assert!(pretty.text.contains("\n  \"resourceType\""));
@@ -63,10 +40,7 @@ pub async fn metadata_lists_exactly_what_is_served(app: TestApp) {
     assert_eq!(cs["fhirVersion"], "4.0.1");
     assert_eq!(cs["kind"], "instance");
     let resources = cs["rest"][0]["resource"].as_array().unwrap();
-    let types: BTreeSet<&str> = resources
-        .iter()
-        .map(|r| r["type"].as_str().unwrap())
-        .collect();
+    let types: BTreeSet<&str> = resources.iter().map(|r| r["type"].as_str().unwrap()).collect();
     let expected: BTreeSet<&str> = [
         "CarePlan",
         "CareTeam",
@@ -87,18 +61,24 @@ pub async fn metadata_lists_exactly_what_is_served(app: TestApp) {
     // Every advertised type answers its interactions; a type not listed does not.
     for resource in resources {
         let ty = resource["type"].as_str().unwrap();
-        let codes: Vec<&str> = resource["interaction"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["code"].as_str().unwrap())
-            .collect();
-        assert!(
-            !codes.contains(&"search-type"),
-            "search is not implemented yet and must not be claimed"
-        );
-        assert!(codes.contains(&"read") && codes.contains(&"history-type"));
+        let codes: Vec<&str> =
+            resource["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+        assert!(codes.contains(&"read") && codes.contains(&"history-type") && codes.contains(&"search-type"));
         app.get(&format!("{ty}/_history")).await.expect(200);
+        app.get(ty).await.expect(200);
+        // Every advertised search parameter is accepted by the search.
+        for p in resource["searchParam"].as_array().unwrap() {
+            let (name, kind) = (p["name"].as_str().unwrap(), p["type"].as_str().unwrap());
+            let value = match kind {
+                "date" => "2024-01-01",
+                "number" | "quantity" => "1",
+                "reference" => "Patient/x",
+                _ => "x",
+            };
+            let r =
+                app.send(Method::GET, &format!("{ty}?{name}={value}"), &[("prefer", "handling=strict")], None).await;
+            assert_eq!(r.status.as_u16(), 200, "{ty}?{name}: {}", r.text);
+        }
         app.get(&format!("{ty}/unknown-id")).await.expect(404);
     }
     assert_eq!(cs["rest"][0]["interaction"][0]["code"], "history-system");
@@ -115,9 +95,7 @@ pub async fn unknown_routes_and_methods_get_operation_outcomes(app: TestApp) {
     let r = app.send(Method::PATCH, "Patient/1", &[], None).await;
     r.expect(405);
     assert_eq!(r.issues()[0]["code"], "not-supported");
-    app.send(Method::DELETE, "metadata", &[], None)
-        .await
-        .expect(405);
+    app.send(Method::DELETE, "metadata", &[], None).await.expect(405);
 }
 
 pub async fn health_endpoints_answer(app: TestApp) {
@@ -143,10 +121,7 @@ pub async fn serves_over_a_real_socket(app: TestApp) {
     let mut raw = String::new();
     socket.read_to_string(&mut raw).await.unwrap();
     assert!(raw.starts_with("HTTP/1.1 200 OK"), "{raw}");
-    assert!(
-        raw.to_ascii_lowercase().contains("x-request-id:"),
-        "every response carries a request id"
-    );
+    assert!(raw.to_ascii_lowercase().contains("x-request-id:"), "every response carries a request id");
     let body: Value = serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert_eq!(body["resourceType"], "CapabilityStatement");
     stop.send(()).unwrap();
@@ -160,12 +135,7 @@ pub async fn two_servers_share_one_database(app: TestApp) {
     let path = format!("Patient/{}", created["id"].as_str().unwrap());
     other.get(&path).await.expect(200);
     let body = Some(created.to_string());
-    other
-        .send(Method::PUT, &path, &[("if-match", "W/\"1\"")], body.clone())
-        .await
-        .expect(200);
-    app.send(Method::PUT, &path, &[("if-match", "W/\"1\"")], body)
-        .await
-        .expect(412);
+    other.send(Method::PUT, &path, &[("if-match", "W/\"1\"")], body.clone()).await.expect(200);
+    app.send(Method::PUT, &path, &[("if-match", "W/\"1\"")], body).await.expect(412);
     assert_eq!(app.get(&path).await.json["meta"]["versionId"], "2");
 }

@@ -8,11 +8,7 @@ use crate::helpers::{fixtures, TestApp};
 
 async fn nothing_stored(app: &TestApp, ty: &str) {
     let r = app.get(&format!("{ty}/_history")).await;
-    assert!(
-        r.json.get("entry").is_none(),
-        "nothing may be stored: {}",
-        r.text
-    );
+    assert!(r.json.get("entry").is_none(), "nothing may be stored: {}", r.text);
 }
 
 pub async fn bad_care_plan_names_every_problem(app: TestApp) {
@@ -29,27 +25,15 @@ pub async fn bad_care_plan_names_every_problem(app: TestApp) {
     expressions.sort();
     assert_eq!(
         expressions,
-        [
-            "CarePlan.activity[0].detail.status",
-            "CarePlan.colour",
-            "CarePlan.status",
-            "CarePlan.subject"
-        ]
+        ["CarePlan.activity[0].detail.status", "CarePlan.colour", "CarePlan.status", "CarePlan.subject"]
     );
-    let codes: Vec<String> = r
-        .issues()
-        .iter()
-        .map(|i| i["code"].as_str().unwrap().to_owned())
-        .collect();
+    let codes: Vec<String> = r.issues().iter().map(|i| i["code"].as_str().unwrap().to_owned()).collect();
     assert!(
         codes.contains(&"code-invalid".into())
             && codes.contains(&"structure".into())
             && codes.contains(&"required".into())
     );
-    assert!(r
-        .issues()
-        .iter()
-        .all(|i| i["severity"] == "error" && i["diagnostics"].is_string()));
+    assert!(r.issues().iter().all(|i| i["severity"] == "error" && i["diagnostics"].is_string()));
     nothing_stored(&app, "CarePlan").await;
 }
 
@@ -57,75 +41,35 @@ pub async fn resource_type_must_match_the_url(app: TestApp) {
     let r = app.post("CarePlan", &fixtures::patient()).await;
     r.expect(400);
     assert_eq!(r.issues()[0]["code"], "invalid");
-    app.post("Patient", &json!({"name": [{"family": "X"}]}))
-        .await
-        .expect(400);
+    app.post("Patient", &json!({"name": [{"family": "X"}]})).await.expect(400);
 }
 
 pub async fn malformed_json_is_400(app: TestApp) {
-    for body in [
-        "{",
-        "[1,2]",
-        "\"Patient\"",
-        "{\"resourceType\": \"Patient\",}",
-        "\u{0}",
-    ] {
-        let r = app
-            .send(Method::POST, "Patient", &[], Some(body.to_owned()))
-            .await;
+    for body in ["{", "[1,2]", "\"Patient\"", "{\"resourceType\": \"Patient\",}", "\u{0}"] {
+        let r = app.send(Method::POST, "Patient", &[], Some(body.to_owned())).await;
         r.expect(400);
         assert_eq!(r.issues()[0]["code"], "structure", "{body:?}");
     }
     let duplicate = r#"{"resourceType": "Patient", "active": true, "active": false}"#;
-    let r = app
-        .send(Method::POST, "Patient", &[], Some(duplicate.to_owned()))
-        .await;
+    let r = app.send(Method::POST, "Patient", &[], Some(duplicate.to_owned())).await;
     r.expect(400);
-    assert!(r.issues()[0]["diagnostics"]
-        .as_str()
-        .unwrap()
-        .contains("duplicate JSON key 'active'"));
+    assert!(r.issues()[0]["diagnostics"].as_str().unwrap().contains("duplicate JSON key 'active'"));
     let invalid_utf8 = b"{\"resourceType\":\"Patient\",\"name\":[{\"text\":\"\xff\"}]}".to_vec();
-    app.send_bytes(Method::POST, "Patient", &[], Some(invalid_utf8))
+    app.send_bytes(Method::POST, "Patient", &[], Some(invalid_utf8)).await.expect(400);
+    let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
+    app.send(Method::POST, "Patient", &[], Some(format!("{{\"resourceType\":\"Patient\",\"x\":{deep}}}")))
         .await
         .expect(400);
-    let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
-    app.send(
-        Method::POST,
-        "Patient",
-        &[],
-        Some(format!("{{\"resourceType\":\"Patient\",\"x\":{deep}}}")),
-    )
-    .await
-    .expect(400);
 }
 
 pub async fn wrong_content_type_is_415(app: TestApp) {
     let body = Some(fixtures::patient().to_string());
-    for ct in [
-        "application/fhir+xml",
-        "text/plain",
-        "application/x-www-form-urlencoded",
-    ] {
-        let r = app
-            .send(
-                Method::POST,
-                "Patient",
-                &[("content-type", ct)],
-                body.clone(),
-            )
-            .await;
+    for ct in ["application/fhir+xml", "text/plain", "application/x-www-form-urlencoded"] {
+        let r = app.send(Method::POST, "Patient", &[("content-type", ct)], body.clone()).await;
         r.expect(415);
         assert_eq!(r.issues()[0]["code"], "not-supported");
     }
-    let r = app
-        .send(
-            Method::POST,
-            "Patient",
-            &[("content-type", "application/json; charset=utf-8")],
-            body,
-        )
-        .await;
+    let r = app.send(Method::POST, "Patient", &[("content-type", "application/json; charset=utf-8")], body).await;
     r.expect(201);
 }
 
@@ -150,9 +94,7 @@ pub async fn missing_reference_target_is_422_and_nothing_is_stored(app: TestApp)
     let pid = p["id"].as_str().unwrap();
     app.create(fixtures::care_plan(pid)).await;
     app.delete(&format!("Patient/{pid}")).await.expect(204);
-    app.post("CarePlan", &fixtures::care_plan(pid))
-        .await
-        .expect(422);
+    app.post("CarePlan", &fixtures::care_plan(pid)).await.expect(422);
     // References to types this server does not hold are not resolved here.
     let mut plan = fixtures::care_plan(pid);
     plan["subject"] = json!({"reference": "Group/elsewhere"});
@@ -160,23 +102,14 @@ pub async fn missing_reference_target_is_422_and_nothing_is_stored(app: TestApp)
 }
 
 pub async fn reference_to_a_disallowed_type_is_400(app: TestApp) {
-    let org = app
-        .create(json!({"resourceType": "Organization", "name": "Clinic"}))
-        .await;
+    let org = app.create(json!({"resourceType": "Organization", "name": "Clinic"})).await;
     let r = app
-        .post(
-            "CarePlan",
-            &fixtures::care_plan_subject(&format!("Organization/{}", org["id"].as_str().unwrap())),
-        )
+        .post("CarePlan", &fixtures::care_plan_subject(&format!("Organization/{}", org["id"].as_str().unwrap())))
         .await;
     r.expect(400);
     assert_eq!(r.issue_expressions(), ["CarePlan.subject.reference"]);
-    app.post("CarePlan", &fixtures::care_plan_subject("Patient/"))
-        .await
-        .expect(400);
-    app.post("CarePlan", &fixtures::care_plan_subject("not a reference"))
-        .await
-        .expect(400);
+    app.post("CarePlan", &fixtures::care_plan_subject("Patient/")).await.expect(400);
+    app.post("CarePlan", &fixtures::care_plan_subject("not a reference")).await.expect(400);
 }
 
 pub async fn primitive_formats_are_checked(app: TestApp) {
@@ -219,8 +152,5 @@ pub async fn contained_references_resolve(app: TestApp) {
     plan["contained"][0]["lifecycleStatus"] = json!("sometime");
     let r = app.post("CarePlan", &plan).await;
     r.expect(400);
-    assert_eq!(
-        r.issue_expressions(),
-        ["CarePlan.contained[0].lifecycleStatus"]
-    );
+    assert_eq!(r.issue_expressions(), ["CarePlan.contained[0].lifecycleStatus"]);
 }

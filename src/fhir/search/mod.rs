@@ -1,0 +1,212 @@
+//! FHIR search (search.html): the R4 SearchParameters of the served types, index extraction
+//! driven by their expressions, and the parsing of search requests into a typed query.
+//!
+//! The SQL for a query is the store's business (`store::search_sql`).
+
+pub mod index;
+pub mod path;
+pub mod query;
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::definitions::Definitions;
+use index::IndexEntry;
+use path::Expr;
+
+const R4_SEARCH_PARAMETERS: &str = include_str!("../definitions/search-parameters.json");
+
+/// Bumped whenever extraction changes, so that stored indexes are rebuilt at start-up.
+pub const INDEX_VERSION: i64 = 1;
+
+/// A search parameter's type (SearchParameter.type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamKind {
+    Number,
+    Date,
+    String,
+    Token,
+    Reference,
+    Composite,
+    Quantity,
+    Uri,
+    Special,
+}
+
+impl ParamKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Number => "number",
+            Self::Date => "date",
+            Self::String => "string",
+            Self::Token => "token",
+            Self::Reference => "reference",
+            Self::Composite => "composite",
+            Self::Quantity => "quantity",
+            Self::Uri => "uri",
+            Self::Special => "special",
+        }
+    }
+}
+
+/// One search parameter of one resource type.
+#[derive(Debug, Clone)]
+pub struct SearchParam {
+    pub code: String,
+    pub kind: ParamKind,
+    pub expression: Expr,
+    /// Resource types a reference parameter may point at.
+    pub targets: Vec<String>,
+    pub description: String,
+}
+
+#[derive(Deserialize)]
+struct RawParam {
+    code: String,
+    #[serde(rename = "type")]
+    kind: ParamKind,
+    expression: String,
+    #[serde(default)]
+    target: Vec<String>,
+    description: String,
+}
+
+/// A parameter R4 defines that Liaison does not offer, with the reason.
+#[derive(Debug, Clone)]
+pub struct Unsupported {
+    pub resource_type: String,
+    pub code: String,
+    pub reason: String,
+}
+
+/// The search parameters of every served type.
+#[derive(Debug)]
+pub struct SearchParams {
+    by_type: HashMap<String, Vec<SearchParam>>,
+    unsupported: Vec<Unsupported>,
+}
+
+impl SearchParams {
+    /// The parameters of the embedded R4 extract, for `types`.
+    pub fn r4(types: &[&str]) -> Self {
+        let raw: HashMap<String, Vec<RawParam>> =
+            serde_json::from_str(R4_SEARCH_PARAMETERS).expect("embedded search parameters are well formed");
+        let mut by_type = HashMap::new();
+        let mut unsupported = Vec::new();
+        for ty in types {
+            let mut params = Vec::new();
+            for p in raw.get(*ty).into_iter().flatten() {
+                let refuse =
+                    |reason: String| Unsupported { resource_type: (*ty).to_owned(), code: p.code.clone(), reason };
+                if matches!(p.kind, ParamKind::Composite | ParamKind::Special) {
+                    unsupported.push(refuse(format!("{} parameters are not supported yet", p.kind.as_str())));
+                    continue;
+                }
+                match path::parse(&p.expression) {
+                    Ok(expression) => params.push(SearchParam {
+                        code: p.code.clone(),
+                        kind: p.kind,
+                        expression,
+                        targets: p.target.clone(),
+                        description: p.description.clone(),
+                    }),
+                    Err(why) => unsupported.push(refuse(format!("expression not supported: {why}"))),
+                }
+            }
+            by_type.insert((*ty).to_owned(), params);
+        }
+        Self { by_type, unsupported }
+    }
+
+    /// The parameters of a type, in code order.
+    pub fn for_type(&self, ty: &str) -> &[SearchParam] {
+        self.by_type.get(ty).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn get(&self, ty: &str, code: &str) -> Option<&SearchParam> {
+        self.for_type(ty).iter().find(|p| p.code == code)
+    }
+
+    /// Parameters R4 defines for the served types that are not offered.
+    pub fn unsupported(&self) -> &[Unsupported] {
+        &self.unsupported
+    }
+
+    /// The index entries of a resource. `_id` and `_lastUpdated` are not indexed: they are
+    /// columns of the resource row.
+    pub fn extract(&self, defs: &Definitions, ty: &str, resource: &Value, base_url: &str) -> Vec<IndexEntry> {
+        let mut out = Vec::new();
+        for p in self.for_type(ty) {
+            if p.code == "_id" || p.code == "_lastUpdated" {
+                continue;
+            }
+            for node in path::evaluate(defs, &p.expression, resource, ty) {
+                let nodes = if node.ty == "Extension" { path::children(defs, node, "value") } else { vec![node] };
+                for node in nodes {
+                    for value in index::values(p.kind, node, base_url) {
+                        let entry = IndexEntry { param: p.code.clone(), value };
+                        if !out.contains(&entry) {
+                            out.push(entry);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::registry::SUPPORTED_TYPES;
+
+    #[test]
+    fn nearly_every_r4_parameter_of_the_served_types_is_offered() {
+        let params = SearchParams::r4(SUPPORTED_TYPES);
+        let offered: usize = SUPPORTED_TYPES.iter().map(|t| params.for_type(t).len()).sum();
+        let not: Vec<String> =
+            params.unsupported().iter().map(|u| format!("{}.{}: {}", u.resource_type, u.code, u.reason)).collect();
+        assert!(offered >= 280, "{offered} offered");
+        // Composite parameters (Observation code-value-*) and Patient.deceased's boolean expression.
+        assert!(not.len() <= 16, "{not:#?}");
+        for code in [
+            "patient",
+            "subject",
+            "status",
+            "intent",
+            "category",
+            "date",
+            "care-team",
+            "goal",
+            "activity-code",
+            "performer",
+        ] {
+            assert!(params.get("CarePlan", code).is_some(), "CarePlan.{code}");
+        }
+        for code in ["owner", "requester", "focus", "business-status", "period", "_tag", "_profile", "_security"] {
+            assert!(params.get("Task", code).is_some(), "Task.{code}");
+        }
+    }
+
+    #[test]
+    fn extraction_follows_the_definitions() {
+        let defs = Definitions::r4();
+        let params = SearchParams::r4(SUPPORTED_TYPES);
+        let plan = serde_json::json!({
+            "resourceType": "CarePlan", "status": "active", "intent": "plan",
+            "subject": {"reference": "Patient/p1"},
+            "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "736353004", "display": "Psychiatry care plan"}]}],
+            "period": {"start": "2024-01-10"},
+            "meta": {"tag": [{"system": "urn:t", "code": "x"}]}
+        });
+        let entries = params.extract(&defs, "CarePlan", &plan, "http://base/fhir");
+        let codes: Vec<&str> = entries.iter().map(|e| e.param.as_str()).collect();
+        for code in ["status", "intent", "subject", "patient", "category", "date", "_tag"] {
+            assert!(codes.contains(&code), "{code} in {codes:?}");
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Search (search.html): `GET /{type}?…` and `POST /{type}/_search` with a form body, answered
+//! with a `searchset` Bundle — matches, `_include`/`_revinclude` entries, an OperationOutcome
+//! entry for ignored parameters, `total`, and `self`/`next` links whose cursor keeps paging
+//! stable while others write.
+
+use std::collections::HashSet;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+
+use super::negotiate::Format;
+use super::resource::TypePath;
+use crate::error::AppError;
+use crate::fhir::bundle::{Bundle, Entry};
+use crate::fhir::outcome::{operation_outcome, Issue, IssueType, Severity};
+use crate::fhir::registry::ResourceType;
+use crate::fhir::search::query::{self, Include, SearchQuery, Summary, Total, MAX_DEPTH};
+use crate::state::AppState;
+use crate::store::{SearchError, Version};
+
+/// At most this many resources are added by `_include` and `_revinclude` to one page.
+const MAX_INCLUDED: i64 = 1000;
+
+/// `GET /{type}?…`
+pub async fn search_get(
+    State(state): State<AppState>,
+    TypePath(ty): TypePath,
+    format: Format,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, AppError> {
+    let pairs = form_pairs(q.as_deref().unwrap_or("").as_bytes())?;
+    search(&state, ty, format, &headers, pairs).await
+}
+
+/// `POST /{type}/_search` with `application/x-www-form-urlencoded` parameters (and any in the
+/// URL).
+pub async fn search_post(
+    State(state): State<AppState>,
+    TypePath(ty): TypePath,
+    format: Format,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !body.is_empty() && !content_type.starts_with("application/x-www-form-urlencoded") {
+        return Err(AppError::UnsupportedMediaType(
+            "POST _search takes application/x-www-form-urlencoded parameters".into(),
+        ));
+    }
+    let mut pairs = form_pairs(q.as_deref().unwrap_or("").as_bytes())?;
+    pairs.extend(form_pairs(&body)?);
+    search(&state, ty, format, &headers, pairs).await
+}
+
+fn form_pairs(bytes: &[u8]) -> Result<Vec<(String, String)>, AppError> {
+    serde_urlencoded::from_bytes(bytes)
+        .map_err(|_| AppError::invalid(IssueType::Invalid, "the search parameters could not be read"))
+}
+
+/// `Prefer: handling=strict` makes unknown parameters errors (search.html#errors).
+fn strict_handling(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|p| p.trim() == "handling=strict")
+}
+
+async fn search(
+    state: &AppState,
+    ty: ResourceType,
+    format: Format,
+    headers: &HeaderMap,
+    pairs: Vec<(String, String)>,
+) -> Result<Response, AppError> {
+    let mut q = query::parse(&state.registry.search, ty.as_str(), &pairs, &state.base_url, strict_handling(headers))
+        .map_err(|e| AppError::BadRequest(vec![Issue::at(IssueType::Invalid, e.param.clone(), e.reason.clone())]))?;
+    if q.summary == Summary::Count {
+        q.count = 0;
+    }
+    let with_total = q.total != Total::None || q.summary == Summary::Count;
+    let page = state.store.search(ty, &q, q.cursor.as_deref(), with_total).await.map_err(|e| match e {
+        SearchError::BadCursor => {
+            AppError::invalid(IssueType::Invalid, "_cursor is not one this server issued for this search")
+        }
+        SearchError::Store(e) => AppError::from(e),
+    })?;
+
+    let included = includes(state, ty, &q, &page.matches).await?;
+
+    let base = &state.base_url;
+    let self_url = page_url(base, ty, &pairs, None);
+    let mut bundle = Bundle::new("searchset").link("self", self_url);
+    if let Some(total) = page.total {
+        bundle = bundle.total(u64::try_from(total).unwrap_or_default());
+    }
+    if let Some(next) = &page.next {
+        bundle = bundle.link("next", page_url(base, ty, &pairs, Some(next)));
+    }
+    let shaped: Vec<Box<RawValue>> = page.matches.iter().chain(&included).map(|v| shape(state, v, &q)).collect();
+    let outcome = (!q.ignored.is_empty()).then(|| {
+        let issue = Issue {
+            severity: Severity::Warning,
+            code: IssueType::NotSupported,
+            diagnostics: format!("these parameters were not understood and were ignored: {}", q.ignored.join(", ")),
+            expression: Vec::new(),
+        };
+        RawValue::from_string(operation_outcome(&[issue]).to_string()).expect("an OperationOutcome is JSON")
+    });
+    for (i, (v, raw)) in page.matches.iter().chain(&included).zip(&shaped).enumerate() {
+        let mode = if i < page.matches.len() { "match" } else { "include" };
+        bundle.push(Entry::search(format!("{base}/{}/{}", v.resource_type, v.id), raw, mode));
+    }
+    if let Some(outcome) = &outcome {
+        bundle.push(Entry::search(format!("urn:uuid:{}", uuid::Uuid::new_v4()), outcome, "outcome"));
+    }
+    Ok(format.respond(StatusCode::OK, bundle.to_json()))
+}
+
+/// The URL of this search, with `_cursor` set to `cursor` (for `next`) or left out.
+fn page_url(base: &str, ty: ResourceType, pairs: &[(String, String)], cursor: Option<&str>) -> String {
+    let mut kept: Vec<(&str, &str)> =
+        pairs.iter().filter(|(k, _)| k != "_cursor").map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    if let Some(c) = cursor {
+        kept.push(("_cursor", c));
+    }
+    let query = serde_urlencoded::to_string(&kept).unwrap_or_default();
+    if query.is_empty() {
+        format!("{base}/{ty}")
+    } else {
+        format!("{base}/{ty}?{query}")
+    }
+}
+
+/// Resources added by `_include` and `_revinclude` (with `:iterate`, repeated on what they add),
+/// without repeating a match or each other.
+async fn includes(
+    state: &AppState,
+    ty: ResourceType,
+    q: &SearchQuery,
+    matches: &[Version],
+) -> Result<Vec<Version>, AppError> {
+    if q.include.is_empty() && q.revinclude.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut seen: HashSet<(String, String)> = matches.iter().map(|v| (v.resource_type.clone(), v.id.clone())).collect();
+    let mut added: Vec<Version> = Vec::new();
+    let mut frontier: Vec<Version> = matches.to_vec();
+    for round in 0..=MAX_DEPTH {
+        let mut found = Vec::new();
+        let applies = |inc: &&Include| round == 0 || inc.iterate;
+        for inc in q.include.iter().filter(applies) {
+            let sources: Vec<String> =
+                frontier.iter().filter(|v| v.resource_type == inc.source_type).map(|v| v.id.clone()).collect();
+            found.extend(
+                state
+                    .store
+                    .include(&inc.source_type, &inc.param, inc.target_type.as_deref(), &sources, MAX_INCLUDED)
+                    .await?,
+            );
+        }
+        for inc in q.revinclude.iter().filter(applies) {
+            let targets: Vec<&Version> =
+                frontier.iter().filter(|v| round > 0 || v.resource_type == ty.as_str()).collect();
+            let mut types: Vec<&str> = targets.iter().map(|v| v.resource_type.as_str()).collect();
+            types.dedup();
+            for target_type in types {
+                let ids: Vec<String> =
+                    targets.iter().filter(|v| v.resource_type == target_type).map(|v| v.id.clone()).collect();
+                found.extend(
+                    state.store.revinclude(&inc.source_type, &inc.param, target_type, &ids, MAX_INCLUDED).await?,
+                );
+            }
+        }
+        frontier = found.into_iter().filter(|v| seen.insert((v.resource_type.clone(), v.id.clone()))).collect();
+        if frontier.is_empty() || added.len() as i64 >= MAX_INCLUDED {
+            break;
+        }
+        added.extend(frontier.iter().cloned());
+    }
+    added.truncate(MAX_INCLUDED as usize);
+    Ok(added)
+}
+
+/// The resource as `_summary` and `_elements` ask (search.html#summary, #elements); marked
+/// SUBSETTED when elements were left out.
+fn shape(state: &AppState, v: &Version, q: &SearchQuery) -> Box<RawValue> {
+    let content = v.content.clone().unwrap_or_default();
+    if q.summary == Summary::False && q.elements.is_empty() {
+        return RawValue::from_string(content).unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("JSON"));
+    }
+    let Ok(Value::Object(resource)) = serde_json::from_str::<Value>(&content) else {
+        return RawValue::from_string(content).unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("JSON"));
+    };
+    let defs = &state.registry.definitions;
+    let mandatory: Vec<String> =
+        defs.children(&v.resource_type).iter().filter(|e| e.min > 0).map(|e| e.name.clone()).collect();
+    let keep = |key: &str| -> bool {
+        let name = key.trim_start_matches('_');
+        let element =
+            defs.children(&v.resource_type).iter().find(|e| name.starts_with(e.name.as_str())).map(|e| e.name.as_str());
+        let is = |list: &[String]| element.is_some_and(|e| list.iter().any(|x| x == e));
+        matches!(key, "resourceType" | "id" | "meta")
+            || match q.summary {
+                Summary::True => is(defs.summary_elements(&v.resource_type)),
+                Summary::Text => key == "text" || is(&mandatory),
+                Summary::Data => key != "text",
+                Summary::False | Summary::Count => q.elements.iter().any(|e| e == name) || is(&mandatory),
+            }
+    };
+    let mut out: Map<String, Value> = resource.into_iter().filter(|(k, _)| keep(k)).collect();
+    let subsetted = json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"});
+    if let Some(Value::Object(meta)) = out.get_mut("meta") {
+        match meta.get_mut("tag") {
+            Some(Value::Array(tags)) => tags.push(subsetted),
+            _ => {
+                meta.insert("tag".into(), json!([subsetted]));
+            }
+        }
+    }
+    RawValue::from_string(Value::Object(out).to_string()).expect("a resource is JSON")
+}

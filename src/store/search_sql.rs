@@ -1,0 +1,652 @@
+//! Turns a [`SearchQuery`] into SQL over the index tables. Values are always bound (`$n`);
+//! table and column names come from the code, never from the request. Both engines run the
+//! same text; the one difference (building a JSON array) comes from the [`Dialect`].
+//!
+//! Every filter becomes `alias.id [NOT] IN (uncorrelated subquery)`, which both engines plan
+//! as an index lookup driven by the most selective filter.
+
+use std::fmt::Write;
+
+use super::sql::Dialect;
+use crate::fhir::search::index::{normalize, IndexEntry, IndexValue};
+use crate::fhir::search::query::{Filter, Modifier, Prefix, SearchValue, SortKey, SystemMatch};
+use crate::fhir::search::ParamKind;
+use crate::fhir::Millis;
+
+/// A bound value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bind {
+    Text(String),
+    OptText(Option<String>),
+    Int(i64),
+    Float(f64),
+}
+
+/// SQL text with its binds.
+#[derive(Debug, Default, Clone)]
+pub struct Sql {
+    pub text: String,
+    pub binds: Vec<Bind>,
+}
+
+impl Sql {
+    fn push(&mut self, s: &str) -> &mut Self {
+        self.text.push_str(s);
+        self
+    }
+
+    fn bind(&mut self, b: Bind) -> &mut Self {
+        self.binds.push(b);
+        let _ = write!(self.text, "${}", self.binds.len());
+        self
+    }
+
+    fn text(&mut self, s: impl Into<String>) -> &mut Self {
+        self.bind(Bind::Text(s.into()))
+    }
+
+    fn list(&mut self, items: &[String]) -> &mut Self {
+        self.push("(");
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.text(item.clone());
+        }
+        self.push(")")
+    }
+}
+
+/// The index table of a parameter type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Token,
+    String,
+    Date,
+    Number,
+    Reference,
+    Uri,
+}
+
+impl Table {
+    pub const ALL: [Table; 6] = [Table::Token, Table::String, Table::Date, Table::Number, Table::Reference, Table::Uri];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Token => "search_token",
+            Self::String => "search_string",
+            Self::Date => "search_date",
+            Self::Number => "search_number",
+            Self::Reference => "search_reference",
+            Self::Uri => "search_uri",
+        }
+    }
+
+    fn of(kind: ParamKind, modifier: &Modifier) -> Table {
+        match (kind, modifier) {
+            (ParamKind::Reference, Modifier::Identifier) => Self::Token,
+            (ParamKind::Token, _) => Self::Token,
+            (ParamKind::String, _) => Self::String,
+            (ParamKind::Date, _) => Self::Date,
+            (ParamKind::Number | ParamKind::Quantity, _) => Self::Number,
+            (ParamKind::Reference, _) => Self::Reference,
+            (ParamKind::Uri | ParamKind::Composite | ParamKind::Special, _) => Self::Uri,
+        }
+    }
+
+    fn columns(self) -> &'static str {
+        match self {
+            Self::Token => "system, code, display, type_system, type_code",
+            Self::String => "normalized, exact",
+            Self::Date => "low, high",
+            Self::Number => "value, system, code",
+            Self::Reference => "target_type, target_id, url",
+            Self::Uri => "value",
+        }
+    }
+
+    fn of_value(value: &IndexValue) -> Table {
+        match value {
+            IndexValue::Token { .. } => Self::Token,
+            IndexValue::String { .. } => Self::String,
+            IndexValue::Date { .. } => Self::Date,
+            IndexValue::Number { .. } => Self::Number,
+            IndexValue::Reference { .. } => Self::Reference,
+            IndexValue::Uri(_) => Self::Uri,
+        }
+    }
+}
+
+/// Rows per multi-row INSERT: well inside both engines' limits on bound parameters.
+const INSERT_BATCH: usize = 200;
+
+/// INSERT statements writing `entries` of resource `ty/id`.
+pub fn index_inserts(ty: &str, id: &str, entries: &[IndexEntry]) -> Vec<Sql> {
+    let mut out = Vec::new();
+    for table in Table::ALL {
+        let rows: Vec<&IndexEntry> = entries.iter().filter(|e| Table::of_value(&e.value) == table).collect();
+        for chunk in rows.chunks(INSERT_BATCH) {
+            let mut sql = Sql::default();
+            sql.push(&format!(
+                "INSERT INTO {} (resource_type, resource_id, param, {}) VALUES ",
+                table.name(),
+                table.columns()
+            ));
+            for (i, e) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.push("(").text(ty).push(", ").text(id).push(", ").text(e.param.clone());
+                for b in value_binds(&e.value) {
+                    sql.push(", ").bind(b);
+                }
+                sql.push(")");
+            }
+            out.push(sql);
+        }
+    }
+    out
+}
+
+fn value_binds(value: &IndexValue) -> Vec<Bind> {
+    let t = |s: &Option<String>| Bind::OptText(s.clone());
+    match value {
+        IndexValue::Token { system, code, display, type_system, type_code } => {
+            vec![t(system), t(code), t(display), t(type_system), t(type_code)]
+        }
+        IndexValue::String { normalized, exact } => vec![Bind::Text(normalized.clone()), Bind::Text(exact.clone())],
+        IndexValue::Date { low, high } => vec![Bind::Int(*low), Bind::Int(*high)],
+        IndexValue::Number { value, system, code } => vec![Bind::Float(*value), t(system), t(code)],
+        IndexValue::Reference { target_type, target_id, url } => vec![t(target_type), t(target_id), t(url)],
+        IndexValue::Uri(v) => vec![Bind::Text(v.clone())],
+    }
+}
+
+/// `DELETE` statements removing the index rows of a resource.
+pub fn index_deletes(ty: &str, id: &str) -> Vec<Sql> {
+    Table::ALL
+        .iter()
+        .map(|table| {
+            let mut sql = Sql::default();
+            sql.push(&format!("DELETE FROM {} WHERE resource_type = ", table.name()))
+                .text(ty)
+                .push(" AND resource_id = ")
+                .text(id);
+            sql
+        })
+        .collect()
+}
+
+/// Compiles filters and sorting for one resource type.
+pub struct Compiler<'a> {
+    dialect: &'a Dialect,
+    now: Millis,
+    sql: Sql,
+    depth: usize,
+}
+
+/// The column list of [`super::Version`] for alias `r0`.
+const VERSION_COLUMNS: &str = "r0.resource_type, r0.id, r0.version_id, r0.last_updated, \
+     CASE WHEN r0.version_id = 1 THEN 'POST' ELSE 'PUT' END AS method, r0.content";
+
+impl<'a> Compiler<'a> {
+    pub fn new(dialect: &'a Dialect, now: Millis) -> Self {
+        Self { dialect, now, sql: Sql::default(), depth: 0 }
+    }
+
+    /// `SELECT <version columns>, <sort key> … LIMIT limit`, after the position `after` (the sort
+    /// key values of the last row of the previous page).
+    pub fn page(
+        mut self,
+        ty: &str,
+        filters: &[Filter],
+        sort: &[SortKey],
+        after: Option<&[serde_json::Value]>,
+        limit: i64,
+    ) -> Result<Sql, String> {
+        let keys: Vec<(String, bool, ParamKind)> =
+            sort.iter().map(|k| (k.param.clone(), k.descending, k.kind)).collect();
+        self.sql.push("SELECT ").push(VERSION_COLUMNS).push(", ");
+        self.sql.push(self.dialect.json_array_open);
+        for (param, desc, kind) in &keys {
+            self.sort_expr("r0", param, *desc, *kind);
+            self.sql.push(", ");
+        }
+        self.sql.push("r0.id").push(self.dialect.json_array_close).push(" AS sort_key FROM resources r0 WHERE ");
+        self.where_clause("r0", &[ty.to_owned()], filters);
+        if let Some(after) = after {
+            if after.len() != keys.len() + 1 {
+                return Err("the cursor does not fit this search".into());
+            }
+            self.sql.push(" AND ");
+            self.after(&keys, after, 0)?;
+        }
+        self.sql.push(" ORDER BY ");
+        for (i, (param, desc, kind)) in keys.iter().enumerate() {
+            self.sort_expr("r0", param, *desc, *kind);
+            self.sql.push(if *desc { " DESC" } else { " ASC" });
+            if i + 1 < keys.len() || !keys.is_empty() {
+                self.sql.push(", ");
+            }
+        }
+        self.sql.push("r0.id ASC LIMIT ").bind(Bind::Int(limit));
+        Ok(self.sql)
+    }
+
+    /// `SELECT COUNT(*)` of the matches.
+    pub fn count(mut self, ty: &str, filters: &[Filter]) -> Sql {
+        self.sql.push("SELECT COUNT(*) FROM resources r0 WHERE ");
+        self.where_clause("r0", &[ty.to_owned()], filters);
+        self.sql
+    }
+
+    /// The ids of at most `limit` matches (conditional interactions).
+    pub fn ids(mut self, ty: &str, filters: &[Filter], limit: i64) -> Sql {
+        self.sql.push("SELECT r0.id FROM resources r0 WHERE ");
+        self.where_clause("r0", &[ty.to_owned()], filters);
+        self.sql.push(" ORDER BY r0.id LIMIT ").bind(Bind::Int(limit));
+        self.sql
+    }
+
+    /// Resources that the `sources` (of `source_type`) reference through `param`.
+    pub fn include(
+        mut self,
+        source_type: &str,
+        param: &str,
+        target_type: Option<&str>,
+        sources: &[String],
+        limit: i64,
+    ) -> Sql {
+        self.sql.push("SELECT ").push(VERSION_COLUMNS).push(" FROM resources r0 WHERE NOT r0.deleted AND (r0.resource_type, r0.id) IN (SELECT x.target_type, x.target_id FROM search_reference x WHERE x.resource_type = ");
+        self.sql.text(source_type).push(" AND x.param = ").text(param).push(" AND x.resource_id IN ").list(sources);
+        if let Some(t) = target_type {
+            self.sql.push(" AND x.target_type = ").text(t);
+        }
+        self.sql.push(") ORDER BY r0.resource_type, r0.id LIMIT ").bind(Bind::Int(limit));
+        self.sql
+    }
+
+    /// Resources of `source_type` that reference one of `targets` (of `target_type`) through `param`.
+    pub fn revinclude(
+        mut self,
+        source_type: &str,
+        param: &str,
+        target_type: &str,
+        targets: &[String],
+        limit: i64,
+    ) -> Sql {
+        self.sql
+            .push("SELECT ")
+            .push(VERSION_COLUMNS)
+            .push(" FROM resources r0 WHERE r0.resource_type = ")
+            .text(source_type);
+        self.sql.push(" AND NOT r0.deleted AND r0.id IN (SELECT x.resource_id FROM search_reference x WHERE x.resource_type = ").text(source_type);
+        self.sql.push(" AND x.param = ").text(param).push(" AND x.target_type = ").text(target_type);
+        self.sql.push(" AND x.target_id IN ").list(targets).push(") ORDER BY r0.id LIMIT ").bind(Bind::Int(limit));
+        self.sql
+    }
+
+    fn where_clause(&mut self, alias: &str, types: &[String], filters: &[Filter]) {
+        let _ = write!(self.sql.text, "{alias}.resource_type IN ");
+        self.sql.list(types);
+        let _ = write!(self.sql.text, " AND NOT {alias}.deleted");
+        for f in filters {
+            self.sql.push(" AND ");
+            self.condition(alias, types, f);
+        }
+    }
+
+    fn condition(&mut self, alias: &str, types: &[String], filter: &Filter) {
+        match filter {
+            Filter::Id(ids) => {
+                let _ = write!(self.sql.text, "{alias}.id IN ");
+                self.sql.list(ids);
+            }
+            Filter::LastUpdated(value) => {
+                let low = format!("{alias}.last_updated");
+                let high = format!("({alias}.last_updated + 1)");
+                self.sql.push("(");
+                self.value_condition(ParamKind::Date, &Modifier::None, value, &low, &high);
+                self.sql.push(")");
+            }
+            Filter::Missing { param, kind, missing } => {
+                let table = Table::of(*kind, &Modifier::None);
+                let _ = write!(
+                    self.sql.text,
+                    "{alias}.id {} (SELECT v.resource_id FROM {} v WHERE v.resource_type IN ",
+                    if *missing { "NOT IN" } else { "IN" },
+                    table.name()
+                );
+                self.sql.list(types).push(" AND v.param = ").text(param.clone()).push(")");
+            }
+            Filter::Test { param, kind, modifier, values } => {
+                let table = Table::of(*kind, modifier);
+                let negate = *modifier == Modifier::Not;
+                let _ = write!(
+                    self.sql.text,
+                    "{alias}.id {} (SELECT v.resource_id FROM {} v WHERE v.resource_type IN ",
+                    if negate { "NOT IN" } else { "IN" },
+                    table.name()
+                );
+                self.sql.list(types).push(" AND v.param = ").text(param.clone()).push(" AND (");
+                for (i, value) in values.iter().enumerate() {
+                    if i > 0 {
+                        self.sql.push(" OR ");
+                    }
+                    self.sql.push("(");
+                    let kind = if table == Table::Token { ParamKind::Token } else { *kind };
+                    self.value_condition(kind, modifier, value, "v.low", "v.high");
+                    self.sql.push(")");
+                }
+                self.sql.push("))");
+            }
+            Filter::Chain { param, target_types, inner } => {
+                self.depth += 1;
+                let inner_alias = format!("r{}", self.depth);
+                let _ = write!(
+                    self.sql.text,
+                    "{alias}.id IN (SELECT x.resource_id FROM search_reference x WHERE x.resource_type IN "
+                );
+                self.sql
+                    .list(types)
+                    .push(" AND x.param = ")
+                    .text(param.clone())
+                    .push(" AND x.target_type IN ")
+                    .list(target_types);
+                let _ = write!(
+                    self.sql.text,
+                    " AND x.target_id IN (SELECT {inner_alias}.id FROM resources {inner_alias} WHERE "
+                );
+                self.where_clause(&inner_alias, target_types, std::slice::from_ref(inner));
+                self.sql.push("))");
+            }
+            Filter::Has { source_type, param, inner } => {
+                self.depth += 1;
+                let inner_alias = format!("r{}", self.depth);
+                let _ = write!(
+                    self.sql.text,
+                    "{alias}.id IN (SELECT x.target_id FROM search_reference x WHERE x.resource_type = "
+                );
+                self.sql
+                    .text(source_type.clone())
+                    .push(" AND x.param = ")
+                    .text(param.clone())
+                    .push(" AND x.target_type IN ")
+                    .list(types);
+                let _ = write!(
+                    self.sql.text,
+                    " AND x.resource_id IN (SELECT {inner_alias}.id FROM resources {inner_alias} WHERE "
+                );
+                self.where_clause(&inner_alias, std::slice::from_ref(source_type), std::slice::from_ref(inner));
+                self.sql.push("))");
+            }
+        }
+    }
+
+    /// The test of one value against index row `v` (dates use the `low`/`high` expressions).
+    fn value_condition(&mut self, kind: ParamKind, modifier: &Modifier, value: &SearchValue, low: &str, high: &str) {
+        match value {
+            SearchValue::Token { system, code } => {
+                let mut first = true;
+                if let Some(code) = code {
+                    self.sql.push("v.code = ").text(code.clone());
+                    first = false;
+                }
+                match system {
+                    SystemMatch::Any => {}
+                    SystemMatch::Absent => {
+                        self.sql.push(if first { "v.system IS NULL" } else { " AND v.system IS NULL" });
+                    }
+                    SystemMatch::Is(s) => {
+                        self.sql.push(if first { "v.system = " } else { " AND v.system = " }).text(s.clone());
+                    }
+                }
+            }
+            SearchValue::OfType { system, code, value } => {
+                self.sql.push("v.type_system = ").text(system.clone()).push(" AND v.type_code = ").text(code.clone());
+                self.sql.push(" AND v.code = ").text(value.clone());
+            }
+            SearchValue::Text(text) if kind == ParamKind::Token => {
+                self.sql.push("v.display LIKE ").text(like_pattern(&normalize(text), false)).push(" ESCAPE '\\'");
+            }
+            SearchValue::Text(text) => match modifier {
+                Modifier::Exact => {
+                    self.sql.push("v.exact = ").text(text.clone());
+                }
+                Modifier::Contains => {
+                    self.sql.push("v.normalized LIKE ").text(like_pattern(&normalize(text), true)).push(" ESCAPE '\\'");
+                }
+                _ => {
+                    // Starts-with as a range, so that the index serves it on both engines.
+                    let n = normalize(text);
+                    self.sql
+                        .push("v.normalized >= ")
+                        .text(n.clone())
+                        .push(" AND v.normalized < ")
+                        .text(format!("{n}\u{10FFFF}"));
+                }
+            },
+            SearchValue::Date { prefix, low: sl, high: sh } => self.range_condition(*prefix, *sl, *sh, low, high),
+            SearchValue::Number { prefix, value, low: lo, high: hi, system, code } => {
+                self.number_condition(*prefix, *value, *lo, *hi);
+                if let Some(s) = system {
+                    self.sql.push(" AND v.system = ").text(s.clone());
+                }
+                if let Some(c) = code {
+                    self.sql.push(" AND v.code = ").text(c.clone());
+                }
+            }
+            SearchValue::Reference { target_type, id, url } => {
+                let mut first = true;
+                let mut and = |sql: &mut Sql, s: &str| {
+                    if !first {
+                        sql.push(" AND ");
+                    }
+                    first = false;
+                    sql.push(s);
+                };
+                if let Some(id) = id {
+                    and(&mut self.sql, "v.target_id = ");
+                    self.sql.text(id.clone());
+                }
+                if let Some(t) = target_type {
+                    and(&mut self.sql, "v.target_type = ");
+                    self.sql.text(t.clone());
+                }
+                if let Some(u) = url {
+                    and(&mut self.sql, "v.url = ");
+                    self.sql.text(u.clone());
+                }
+            }
+            SearchValue::Uri(u) => match modifier {
+                Modifier::Below => {
+                    self.sql.push("v.value LIKE ").text(like_pattern(u, false)).push(" ESCAPE '\\'");
+                }
+                Modifier::Above => {
+                    self.sql.push("v.value = substr(").text(u.clone()).push(", 1, length(v.value))");
+                }
+                _ => {
+                    self.sql.push("v.value = ").text(u.clone());
+                }
+            },
+        }
+    }
+
+    /// R4 search.html#prefix for ranges: target `[low, high)` against search `[sl, sh)`.
+    fn range_condition(&mut self, prefix: Prefix, sl: Millis, sh: Millis, low: &str, high: &str) {
+        let int = Bind::Int;
+        let s = &mut self.sql;
+        match prefix {
+            Prefix::Eq => {
+                s.push(low).push(" >= ").bind(int(sl)).push(" AND ").push(high).push(" <= ").bind(int(sh));
+            }
+            Prefix::Ne => {
+                s.push("NOT (")
+                    .push(low)
+                    .push(" >= ")
+                    .bind(int(sl))
+                    .push(" AND ")
+                    .push(high)
+                    .push(" <= ")
+                    .bind(int(sh))
+                    .push(")");
+            }
+            Prefix::Gt => {
+                s.push(high).push(" > ").bind(int(sh));
+            }
+            Prefix::Lt => {
+                s.push(low).push(" < ").bind(int(sl));
+            }
+            Prefix::Ge => {
+                s.push(high).push(" > ").bind(int(sh)).push(" OR (").push(low).push(" >= ").bind(int(sl));
+                s.push(" AND ").push(high).push(" <= ").bind(int(sh)).push(")");
+            }
+            Prefix::Le => {
+                s.push(low).push(" < ").bind(int(sl)).push(" OR (").push(low).push(" >= ").bind(int(sl));
+                s.push(" AND ").push(high).push(" <= ").bind(int(sh)).push(")");
+            }
+            Prefix::Sa => {
+                s.push(low).push(" >= ").bind(int(sh));
+            }
+            Prefix::Eb => {
+                s.push(high).push(" <= ").bind(int(sl));
+            }
+            Prefix::Ap => {
+                // Approximately: overlapping the value widened by 10% of its distance from now.
+                let margin = (self.now.saturating_sub(sl)).abs() / 10;
+                s.push(low)
+                    .push(" < ")
+                    .bind(int(sh.saturating_add(margin)))
+                    .push(" AND ")
+                    .push(high)
+                    .push(" > ")
+                    .bind(int(sl.saturating_sub(margin)));
+            }
+        }
+    }
+
+    fn number_condition(&mut self, prefix: Prefix, value: f64, lo: f64, hi: f64) {
+        let f = Bind::Float;
+        let s = &mut self.sql;
+        match prefix {
+            Prefix::Eq => s.push("v.value >= ").bind(f(lo)).push(" AND v.value < ").bind(f(hi)),
+            Prefix::Ne => s.push("NOT (v.value >= ").bind(f(lo)).push(" AND v.value < ").bind(f(hi)).push(")"),
+            Prefix::Gt | Prefix::Sa => s.push("v.value > ").bind(f(value)),
+            Prefix::Lt | Prefix::Eb => s.push("v.value < ").bind(f(value)),
+            Prefix::Ge => s.push("v.value >= ").bind(f(value)),
+            Prefix::Le => s.push("v.value <= ").bind(f(value)),
+            Prefix::Ap => {
+                let margin = value.abs() / 10.0;
+                s.push("v.value >= ").bind(f(value - margin)).push(" AND v.value <= ").bind(f(value + margin))
+            }
+        };
+    }
+
+    /// The sort value of `param` for the resource at `alias`; never NULL, so that keyset
+    /// comparisons work (missing values sort last in either direction).
+    fn sort_expr(&mut self, alias: &str, param: &str, desc: bool, kind: ParamKind) {
+        let agg = if desc { "MAX" } else { "MIN" };
+        match param {
+            "_id" => {
+                let _ = write!(self.sql.text, "{alias}.id");
+                return;
+            }
+            "_lastUpdated" => {
+                let _ = write!(self.sql.text, "{alias}.last_updated");
+                return;
+            }
+            _ => {}
+        }
+        let (table, column, missing) = match kind {
+            ParamKind::String => {
+                (Table::String, "normalized", Bind::Text(if desc { String::new() } else { "\u{10FFFF}".into() }))
+            }
+            ParamKind::Date => (
+                Table::Date,
+                if desc { "high" } else { "low" },
+                Bind::Int(if desc { Millis::MIN } else { Millis::MAX }),
+            ),
+            ParamKind::Number | ParamKind::Quantity => {
+                (Table::Number, "value", Bind::Float(if desc { -1e308 } else { 1e308 }))
+            }
+            ParamKind::Reference => {
+                (Table::Reference, "target_id", Bind::Text(if desc { String::new() } else { "\u{10FFFF}".into() }))
+            }
+            ParamKind::Uri => (Table::Uri, "value", Bind::Text(if desc { String::new() } else { "\u{10FFFF}".into() })),
+            _ => (Table::Token, "code", Bind::Text(if desc { String::new() } else { "\u{10FFFF}".into() })),
+        };
+        let _ = write!(
+            self.sql.text,
+            "COALESCE((SELECT {agg}(s.{column}) FROM {} s WHERE s.resource_type = {alias}.resource_type AND s.resource_id = {alias}.id AND s.param = ",
+            table.name()
+        );
+        self.sql.text(param).push("), ").bind(missing).push(")");
+    }
+
+    /// Keyset condition: rows after the position `after` in the sort order.
+    fn after(
+        &mut self,
+        keys: &[(String, bool, ParamKind)],
+        after: &[serde_json::Value],
+        i: usize,
+    ) -> Result<(), String> {
+        if i == keys.len() {
+            let id = after[i].as_str().ok_or("bad cursor")?;
+            self.sql.push("r0.id > ").text(id);
+            return Ok(());
+        }
+        let (param, desc, kind) = &keys[i];
+        let bind = match (param.as_str(), kind) {
+            ("_lastUpdated", _) | (_, ParamKind::Date) => Bind::Int(after[i].as_i64().ok_or("bad cursor")?),
+            ("_id", _) => Bind::Text(after[i].as_str().ok_or("bad cursor")?.to_owned()),
+            (_, ParamKind::Number | ParamKind::Quantity) => Bind::Float(after[i].as_f64().ok_or("bad cursor")?),
+            _ => Bind::Text(after[i].as_str().ok_or("bad cursor")?.to_owned()),
+        };
+        self.sql.push("(");
+        self.sort_expr("r0", param, *desc, *kind);
+        self.sql.push(if *desc { " < " } else { " > " }).bind(bind.clone()).push(" OR (");
+        self.sort_expr("r0", param, *desc, *kind);
+        self.sql.push(" = ").bind(bind).push(" AND ");
+        self.after(keys, after, i + 1)?;
+        self.sql.push("))");
+        Ok(())
+    }
+}
+
+/// A LIKE pattern matching `text` as a prefix (or anywhere), with LIKE's wildcards escaped.
+fn like_pattern(text: &str, anywhere: bool) -> String {
+    let escaped = text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    if anywhere {
+        format!("%{escaped}%")
+    } else {
+        format!("{escaped}%")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sql::SQLITE;
+
+    #[test]
+    fn values_are_bound_never_interpolated() {
+        let filter = Filter::Test {
+            param: "name".into(),
+            kind: ParamKind::String,
+            modifier: Modifier::Contains,
+            values: vec![SearchValue::Text("o'brien%".into())],
+        };
+        let sql = Compiler::new(&SQLITE, 0).page("Patient", &[filter], &[], None, 10).unwrap();
+        assert!(!sql.text.contains("brien"), "{}", sql.text);
+        assert!(sql.binds.contains(&Bind::Text("%o'brien\\%%".into())));
+    }
+
+    #[test]
+    fn index_rows_are_batched_per_table() {
+        let entries: Vec<IndexEntry> =
+            (0..450).map(|i| IndexEntry { param: "code".into(), value: IndexValue::Uri(format!("u{i}")) }).collect();
+        let inserts = index_inserts("Patient", "p1", &entries);
+        assert_eq!(inserts.len(), 3);
+        assert_eq!(inserts[0].binds.len(), 200 * 4);
+    }
+}
