@@ -561,11 +561,9 @@ impl<'a> Compiler<'a> {
             ParamKind::String => {
                 (Table::String, "normalized", Bind::Text(if desc { String::new() } else { "\u{10FFFF}".into() }))
             }
-            ParamKind::Date => (
-                Table::Date,
-                if desc { "high" } else { "low" },
-                Bind::Int(if desc { Millis::MIN } else { Millis::MAX }),
-            ),
+            // By the start of the range in both directions: open-ended periods would all tie on
+            // their end.
+            ParamKind::Date => (Table::Date, "low", Bind::Int(if desc { Millis::MIN } else { Millis::MAX })),
             ParamKind::Number | ParamKind::Quantity => {
                 (Table::Number, "value", Bind::Float(if desc { -1e308 } else { 1e308 }))
             }

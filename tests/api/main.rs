@@ -11,6 +11,7 @@ mod examples;
 mod helpers;
 mod history;
 mod protocol;
+mod search;
 mod validation;
 
 use helpers::{Backend, TestFn};
@@ -69,6 +70,19 @@ fn main() {
         concurrency::concurrent_updates_lose_nothing,
         concurrency::concurrent_conditional_creates_make_one_resource,
         examples::official_examples_round_trip,
+        search::token_search_forms,
+        search::string_search_is_case_and_accent_insensitive,
+        search::reference_search_forms,
+        search::date_prefixes_and_partial_dates,
+        search::quantity_and_number_prefixes,
+        search::uri_missing_and_profile,
+        search::chains_and_has,
+        search::include_and_revinclude,
+        search::sort_count_and_paging_links,
+        search::paging_is_stable_under_concurrent_writes,
+        search::summary_and_elements,
+        search::post_search_and_parameter_errors,
+        search::index_follows_updates_and_deletes,
     ];
 
     let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
