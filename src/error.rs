@@ -81,7 +81,7 @@ impl AppError {
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) => Self::Unavailable(e),
+            StoreError::Unavailable(_) | StoreError::Contention => Self::Unavailable(e),
             StoreError::VersionConflict => {
                 Self::PreconditionFailed("the resource has changed: its version is not the one in If-Match".into())
             }
@@ -111,9 +111,9 @@ impl IntoResponse for AppError {
         let (status, issues) = self.status_and_issues();
         match &self {
             Self::Internal(source) | Self::Unavailable(source) => {
-                // Detail goes to the log (never clinical content: store errors carry none); the
-                // client gets the generic text.
-                tracing::error!(error = %source, detail = ?source, status = status.as_u16(), "request failed");
+                // The log gets the error kind and the database's code, never its message (a
+                // PostgreSQL DETAIL can quote row contents); the client gets the generic text.
+                tracing::error!(error = %source, db.code = source.code(), status = status.as_u16(), "request failed");
             }
             _ => tracing::debug!(status = status.as_u16(), issues = issues.len(), "request rejected"),
         }

@@ -26,6 +26,10 @@ pub fn check(code: &str, value: &Value) -> Result<(), String> {
             if text.len() > MAX_STRING_BYTES {
                 return Err("exceeds 1 MiB".into());
             }
+            // datatypes.html#string: no control characters other than tab, CR and LF.
+            if text.chars().any(|c| c.is_control() && !matches!(c, '\t' | '\r' | '\n')) {
+                return Err("must not contain control characters".into());
+            }
             string_form(code, text)
         }
     }
@@ -67,7 +71,7 @@ fn string_form(code: &str, s: &str) -> Result<(), String> {
         "instant" => is_instant(s),
         "time" => is_time(s),
         "base64Binary" => is_base64(s),
-        "xhtml" => s.trim_start().starts_with("<div") && s.trim_end().ends_with("</div>"),
+        "xhtml" => return xhtml(s),
         _ => true,
     };
     if ok {
@@ -84,7 +88,7 @@ fn digits(s: &str, n: usize) -> Option<u32> {
 /// `YYYY`, `YYYY-MM` or `YYYY-MM-DD` with real month and day numbers.
 pub fn is_date(s: &str) -> bool {
     let mut parts = s.split('-');
-    let Some(year) = parts.next().and_then(|y| digits(y, 4)) else {
+    let Some(year) = parts.next().and_then(|y| digits(y, 4)).filter(|y| *y > 0) else {
         return false;
     };
     let Some(month) = parts.next() else {
@@ -146,8 +150,114 @@ fn is_zoned_time(s: &str) -> bool {
     let zone = &zone[1..];
     let zone_ok = zone
         .split_once(':')
-        .is_some_and(|(h, m)| digits(h, 2).is_some_and(|h| h <= 14) && digits(m, 2).is_some_and(|m| m <= 59));
+        // R4: (0[0-9]|1[0-3]):[0-5][0-9] or 14:00.
+        .is_some_and(|(h, m)| match (digits(h, 2), digits(m, 2)) {
+            (Some(h), Some(m)) => (h <= 13 && m <= 59) || (h == 14 && m == 0),
+            _ => false,
+        });
     is_time(local) && zone_ok
+}
+
+/// Elements a narrative may use (narrative.html, txt-1: HTML 4.0 chapters 7-11 except 9.4, and
+/// 15, with `a` and `img`).
+const NARRATIVE_ELEMENTS: &[&str] = &[
+    "a",
+    "abbr",
+    "acronym",
+    "address",
+    "b",
+    "basefont",
+    "big",
+    "blockquote",
+    "br",
+    "caption",
+    "center",
+    "cite",
+    "code",
+    "col",
+    "colgroup",
+    "dd",
+    "dfn",
+    "div",
+    "dl",
+    "dt",
+    "em",
+    "font",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "hr",
+    "i",
+    "img",
+    "kbd",
+    "li",
+    "ol",
+    "p",
+    "pre",
+    "q",
+    "s",
+    "samp",
+    "small",
+    "span",
+    "strike",
+    "strong",
+    "sub",
+    "sup",
+    "table",
+    "tbody",
+    "td",
+    "tfoot",
+    "th",
+    "thead",
+    "tr",
+    "tt",
+    "u",
+    "ul",
+    "var",
+];
+
+/// Narrative XHTML (narrative.html): a `div` in the XHTML namespace using only the allowed
+/// elements, with no event handlers, scripts or `javascript:` URLs. A lexical check of tags
+/// and attributes, enough to keep active content out of clinical viewers.
+fn xhtml(s: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("is not valid narrative XHTML: {why}"));
+    let body = s.trim();
+    if !body.starts_with("<div") || !body.ends_with("</div>") {
+        return bad("it must be a single div element");
+    }
+    let root_end = body.find('>').unwrap_or(0);
+    if !body[..root_end].contains("http://www.w3.org/1999/xhtml") {
+        return bad("the div must be in the XHTML namespace (xmlns=\"http://www.w3.org/1999/xhtml\")");
+    }
+    let mut rest = body;
+    while let Some(open) = rest.find('<') {
+        rest = &rest[open + 1..];
+        if let Some(comment) = rest.strip_prefix("!--") {
+            rest = comment.find("-->").map(|end| &comment[end + 3..]).unwrap_or("");
+            continue;
+        }
+        let tag_text = &rest[..rest.find('>').unwrap_or(rest.len())];
+        let tag = tag_text.trim_start_matches('/');
+        let name_end = tag.find(|c: char| c.is_whitespace() || c == '/').unwrap_or(tag.len());
+        let name = tag[..name_end].to_ascii_lowercase();
+        if !NARRATIVE_ELEMENTS.contains(&name.as_str()) {
+            return bad("it uses an element narratives may not contain");
+        }
+        let lower = tag[name_end..].to_ascii_lowercase();
+        let attribute_names = lower.split(|c: char| c.is_whitespace()).filter_map(|a| a.split('=').next());
+        for attr in attribute_names {
+            if attr.starts_with("on") {
+                return bad("event handler attributes are not allowed");
+            }
+        }
+        if lower.contains("javascript:") || lower.contains("vbscript:") {
+            return bad("script URLs are not allowed");
+        }
+    }
+    Ok(())
 }
 
 fn is_oid(s: &str) -> bool {
@@ -231,5 +341,23 @@ mod tests {
         assert!(check("base64Binary", &json!("aGVsbG8=")).is_ok());
         assert!(check("base64Binary", &json!("aGVsbG8")).is_err());
         assert!(check("boolean", &json!("true")).is_err());
+        assert!(check("string", &json!("a\u{0}b")).is_err());
+        assert!(check("string", &json!("line\nbreak")).is_ok());
+        assert!(check("date", &json!("0000-01-01")).is_err());
+        assert!(!is_date_time("2024-05-01T10:00:00+14:30"));
+        assert!(is_date_time("2024-05-01T10:00:00+14:00"));
+    }
+
+    #[test]
+    fn narratives_keep_to_safe_xhtml() {
+        let div = |inner: &str| json!(format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{inner}</div>"));
+        assert!(
+            check("xhtml", &div("<p>Plan <b>agreed</b></p><!-- note --><table><tr><td>x</td></tr></table>")).is_ok()
+        );
+        assert!(check("xhtml", &div("<script>alert(1)</script>")).is_err());
+        assert!(check("xhtml", &div("<p onclick=\"x()\">a</p>")).is_err());
+        assert!(check("xhtml", &div("<a href=\"javascript:x()\">a</a>")).is_err());
+        assert!(check("xhtml", &div("<iframe src=\"x\"></iframe>")).is_err());
+        assert!(check("xhtml", &json!("<div>no namespace</div>")).is_err());
     }
 }

@@ -79,7 +79,8 @@ impl Walk<'_> {
     }
 
     fn object(&mut self, obj: &Map<String, Value>, path: &str, expr: &str, resource_root: bool) {
-        if obj.is_empty() || (resource_root && obj.len() == 1) {
+        // ele-1 applies to elements; a resource with nothing but its type is valid.
+        if obj.is_empty() {
             self.issue(IssueType::Structure, expr, "an element must have a value or children");
         }
         let defs = self.defs;
@@ -109,9 +110,9 @@ impl Walk<'_> {
                 choices_seen.push(&el.name);
             }
             if extension_side {
-                self.primitive_extension(ty, value, &child_expr);
+                self.primitive_extension(el, ty, value, obj.get(name), &child_expr);
             } else {
-                self.element(el, ty, value, &child_expr, key);
+                self.element(el, ty, value, &child_expr, key, obj.get(&format!("_{key}")));
             }
         }
         for el in children.iter().filter(|el| el.min > 0) {
@@ -126,29 +127,62 @@ impl Walk<'_> {
         }
     }
 
-    /// The `_name` side of a primitive: an Element (id, extension), or an array of them (or
-    /// nulls) aligned with the primitive array.
-    fn primitive_extension(&mut self, ty: &TypeRef, value: &Value, expr: &str) {
-        if self.defs.kind(&ty.code) != Some(TypeKind::PrimitiveType) {
-            self.issue(IssueType::Structure, expr, "only primitive elements have a '_' extension side");
+    /// The `_name` side of a primitive (json.html#primitive): an Element (id, extension) for a
+    /// single value; for a repeating one, an array as long as the value array, with `null`
+    /// where a position has no extension, and never `null` on both sides.
+    fn primitive_extension(
+        &mut self,
+        el: &ElementDef,
+        ty: &TypeRef,
+        value: &Value,
+        values: Option<&Value>,
+        expr: &str,
+    ) {
+        if self.defs.kind(&ty.code) != Some(TypeKind::PrimitiveType) || ty.code == "xhtml" {
+            self.issue(
+                IssueType::Structure,
+                expr,
+                "only primitive elements other than xhtml have a '_' extension side",
+            );
             return;
         }
-        match value {
-            Value::Array(items) => {
+        match (value, el.max) {
+            (Value::Array(items), Max::Many) => {
+                if items.is_empty() {
+                    self.issue(IssueType::Structure, expr, "arrays must not be empty");
+                }
+                let values = values.and_then(Value::as_array);
+                if values.is_some_and(|v| v.len() != items.len()) {
+                    self.issue(IssueType::Structure, expr, "must be as long as the array of values it extends");
+                }
                 for (i, item) in items.iter().enumerate() {
                     match item {
+                        Value::Null if values.and_then(|v| v.get(i)).is_none_or(Value::is_null) => self.issue(
+                            IssueType::Structure,
+                            &format!("{expr}[{i}]"),
+                            "a position needs a value or an extension",
+                        ),
                         Value::Null => {}
                         Value::Object(obj) => self.object(obj, "Element", &format!("{expr}[{i}]"), false),
                         _ => self.issue(IssueType::Structure, &format!("{expr}[{i}]"), "must be a JSON object or null"),
                     }
                 }
             }
-            Value::Object(obj) => self.object(obj, "Element", expr, false),
+            (Value::Object(obj), Max::One) => self.object(obj, "Element", expr, false),
+            (_, Max::Many) => self.issue(IssueType::Structure, expr, "must be an array, like the values it extends"),
             _ => self.issue(IssueType::Structure, expr, "must be a JSON object"),
         }
     }
 
-    fn element(&mut self, el: &ElementDef, ty: &TypeRef, value: &Value, expr: &str, key: &str) {
+    fn element(
+        &mut self,
+        el: &ElementDef,
+        ty: &TypeRef,
+        value: &Value,
+        expr: &str,
+        key: &str,
+        extensions: Option<&Value>,
+    ) {
         let primitive = self.defs.kind(&ty.code) == Some(TypeKind::PrimitiveType);
         match value {
             Value::Array(items) => {
@@ -161,8 +195,16 @@ impl Walk<'_> {
                 }
                 for (i, item) in items.iter().enumerate() {
                     let item_expr = format!("{expr}[{i}]");
-                    // A null keeps a primitive array aligned with its `_name` extensions.
+                    // A null keeps a primitive array aligned with its `_name` extensions, and is
+                    // allowed only where that side has one.
                     if item.is_null() && primitive {
+                        if extensions.and_then(|e| e.get(i)).is_none_or(Value::is_null) {
+                            self.issue(
+                                IssueType::Structure,
+                                &item_expr,
+                                "null is allowed only where '_' carries an extension",
+                            );
+                        }
                         continue;
                     }
                     self.value(el, ty, item, &item_expr);
@@ -362,12 +404,14 @@ fn count_present(obj: &Map<String, Value>, el: &ElementDef) -> usize {
         Some(_) => 1,
     };
     if el.choice {
-        return obj
-            .iter()
-            .filter(|(k, _)| {
+        let names: std::collections::HashSet<&str> = obj
+            .keys()
+            .map(|k| k.trim_start_matches('_'))
+            .filter(|k| {
                 k.strip_prefix(el.name.as_str()).is_some_and(|s| el.types.iter().any(|t| capitalised_eq(&t.code, s)))
             })
-            .count();
+            .collect();
+        return names.len();
     }
     count(obj.get(&el.name)).max(count(obj.get(&format!("_{}", el.name))))
 }
@@ -424,6 +468,22 @@ mod tests {
         let goal = json!({"resourceType": "Goal", "lifecycleStatus": "active",
             "description": {"text": "sleep"}, "subject": {"reference": "Patient/a b"}});
         assert_eq!(issues(goal), vec![("Goal.subject.reference".into(), IssueType::Invalid)]);
+    }
+
+    #[test]
+    fn primitive_arrays_pair_with_their_extensions() {
+        let ext = json!({"extension": [{"url": "http://e", "valueString": "x"}]});
+        let ok = json!({"resourceType": "Patient", "name": [{"given": ["A", null], "_given": [null, ext]}]});
+        assert_eq!(issues(ok), vec![]);
+        let null_alone = json!({"resourceType": "Patient", "name": [{"given": [null]}]});
+        assert_eq!(issues(null_alone), vec![("Patient.name[0].given[0]".into(), IssueType::Structure)]);
+        let short = json!({"resourceType": "Patient", "name": [{"given": ["A", "B"], "_given": [ext]}]});
+        assert_eq!(issues(short), vec![("Patient.name[0]._given".into(), IssueType::Structure)]);
+        let both_null = json!({"resourceType": "Patient", "name": [{"given": ["A", null], "_given": [ext, null]}]});
+        assert_eq!(issues(both_null).len(), 2);
+        let single_as_array = json!({"resourceType": "Patient", "gender": "other", "_gender": [ext]});
+        assert_eq!(issues(single_as_array), vec![("Patient._gender".into(), IssueType::Structure)]);
+        assert_eq!(issues(json!({"resourceType": "Patient"})), vec![], "a bare resource is valid");
     }
 
     #[test]

@@ -30,7 +30,8 @@ use crate::fhir::{self, Millis};
 use search_sql::{Bind, Compiler};
 use sql::{Dialect, POSTGRES, SQLITE};
 
-/// How often a write is retried when a concurrent writer changed the resource first.
+/// How often a write is retried when a concurrent writer changed the resource first, or the
+/// database chose it as a deadlock or serialisation victim.
 const WRITE_ATTEMPTS: usize = 8;
 
 /// Errors of the storage layer.
@@ -48,10 +49,26 @@ pub enum StoreError {
     Unavailable(#[source] sqlx::Error),
     #[error("unsupported database URL (expected sqlite:// or postgres://)")]
     UnsupportedUrl,
+    /// Concurrent writers kept colliding (lost compare-and-swap races, deadlock or
+    /// serialisation victims) after every retry.
+    #[error("too much contention on this resource")]
+    Contention,
     #[error("database error")]
     Db(#[source] sqlx::Error),
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// The database's own error code (SQLSTATE or SQLite code), for logs: never row contents.
+    pub fn code(&self) -> Option<String> {
+        match self {
+            Self::Db(sqlx::Error::Database(db)) | Self::Unavailable(sqlx::Error::Database(db)) => {
+                db.code().map(|c| c.into_owned())
+            }
+            _ => None,
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -59,6 +76,13 @@ impl From<sqlx::Error> for StoreError {
         match e {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => Self::Unavailable(e),
             sqlx::Error::Database(ref db) if db.is_unique_violation() => Self::Duplicate,
+            sqlx::Error::Database(ref db) => match db.code().as_deref() {
+                // PostgreSQL deadlock_detected and serialization_failure: the write may be retried.
+                Some("40P01" | "40001") => Self::Contention,
+                // SQLite BUSY or LOCKED (with extended codes) after the busy timeout.
+                Some(code) if code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)) => Self::Unavailable(e),
+                _ => Self::Db(e),
+            },
             other => Self::Db(other),
         }
     }
@@ -344,12 +368,14 @@ impl Store {
         extras: WriteExtras<'_>,
     ) -> Result<Written, StoreError> {
         for _ in 0..WRITE_ATTEMPTS {
-            if let Some(done) = self.try_write(ty, id, &change, extras).await? {
-                return Ok(done);
+            match self.try_write(ty, id, &change, extras).await {
+                Ok(Some(done)) => return Ok(done),
+                Ok(None) | Err(StoreError::Contention) => continue,
+                Err(e) => return Err(e),
             }
         }
-        tracing::warn!(fhir.type = %ty, fhir.id = %id, "write lost every compare-and-swap race");
-        Err(StoreError::VersionConflict)
+        tracing::warn!(fhir.type = %ty, fhir.id = %id, "write lost every race with concurrent writers");
+        Err(StoreError::Contention)
     }
 
     /// One attempt; `Ok(None)` when a concurrent writer got there first and the write may be
@@ -361,13 +387,13 @@ impl Store {
         change: &Change<'_>,
         extras: WriteExtras<'_>,
     ) -> Result<Option<Written>, StoreError> {
-        let now = fhir::now_millis();
+        let clock = fhir::now_millis();
         on_db!(self, writer, |pool, dialect| {
             let mut tx = pool.begin_with(dialect.begin_write).await?;
 
             if let Change::Create { condition: Some(condition), .. } = change {
                 sqlx::query(dialect.lock_condition).bind(condition_lock_key(ty, condition)).execute(&mut *tx).await?;
-                let sql = Compiler::new(dialect, now).ids(ty.as_str(), condition, 2);
+                let sql = Compiler::new(dialect, clock).ids(ty.as_str(), condition, 2);
                 let matches: Vec<(String,)> = bind_all!(sqlx::query_as(&sql.text), sql).fetch_all(&mut *tx).await?;
                 match matches.as_slice() {
                     [] => {}
@@ -383,7 +409,7 @@ impl Store {
                 }
             }
 
-            let current: Option<(i64, bool)> = sqlx::query_as(dialect.select_current_for_write)
+            let current: Option<(i64, bool, Millis)> = sqlx::query_as(dialect.select_current_for_write)
                 .bind(ty.as_str())
                 .bind(id)
                 .fetch_optional(&mut *tx)
@@ -395,12 +421,21 @@ impl Store {
                     return Err(StoreError::VersionConflict)
                 }
                 (Change::Update { resource, .. }, cur) => (Some(resource), "PUT", cur.map_or(1, |c| c.0 + 1)),
-                (Change::Delete, None | Some((_, true))) => return Ok(Some(Written::Unchanged)),
-                (Change::Delete, Some((v, false))) => (None, "DELETE", v + 1),
+                (Change::Delete, None | Some((_, true, _))) => return Ok(Some(Written::Unchanged)),
+                (Change::Delete, Some((v, false, _))) => (None, "DELETE", v + 1),
             };
+            // Taken under the write lock, and never before the version it follows: history order
+            // and `_since` rely on lastUpdated growing with the version.
+            let now = current.map_or_else(fhir::now_millis, |c| fhir::now_millis().max(c.2 + 1));
 
+            // Each target once, in a fixed order, so that concurrent writers take their share locks
+            // in the same order.
+            let mut targets: Vec<&LocalReference> =
+                extras.references.iter().filter(|r| !(r.resource_type == ty.as_str() && r.id == id)).collect();
+            targets.sort_by(|a, b| (&a.resource_type, &a.id).cmp(&(&b.resource_type, &b.id)));
+            targets.dedup_by(|a, b| a.resource_type == b.resource_type && a.id == b.id);
             let mut missing = Vec::new();
-            for r in extras.references.iter().filter(|r| !(r.resource_type == ty.as_str() && r.id == id)) {
+            for r in targets {
                 let found: Option<(i64,)> = sqlx::query_as(dialect.reference_exists)
                     .bind(&r.resource_type)
                     .bind(&r.id)

@@ -33,7 +33,7 @@ pub const POSTGRES: Dialect = Dialect {
     begin_write: "BEGIN",
     lock_condition: "SELECT pg_advisory_xact_lock($1)",
     select_current_for_write:
-        "SELECT version_id, deleted FROM resources WHERE resource_type = $1 AND id = $2 FOR UPDATE",
+        "SELECT version_id, deleted, last_updated FROM resources WHERE resource_type = $1 AND id = $2 FOR UPDATE",
     json_array_open: "json_build_array(",
     json_array_close: ")::text",
     reference_exists: "SELECT version_id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted FOR SHARE",
@@ -45,7 +45,7 @@ pub const SELECT_CURRENT: &str = "SELECT resource_type, id, version_id, last_upd
      FROM resources WHERE resource_type = $1 AND id = $2";
 
 pub const SELECT_CURRENT_VERSION: &str =
-    "SELECT version_id, deleted FROM resources WHERE resource_type = $1 AND id = $2";
+    "SELECT version_id, deleted, last_updated FROM resources WHERE resource_type = $1 AND id = $2";
 
 pub const SELECT_VERSION: &str = "SELECT resource_type, id, version_id, last_updated, method, content \
      FROM resource_history WHERE resource_type = $1 AND id = $2 AND version_id = $3";
