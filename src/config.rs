@@ -76,18 +76,25 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+/// `postgres://user:secret@host/db?password=x` → `postgres://user:***@host/db?password=***`.
 fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (main, query) = url.split_once('?').map_or((url, None), |(m, q)| (m, Some(q)));
+    let main = match main.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.split_once('@')?))) {
+        Some((scheme, (credentials, host))) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => main.to_owned(),
+        },
+        None => main.to_owned(),
     };
-    let Some((credentials, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match credentials.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
+    let Some(query) = query else { return main };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{main}?{}", query.join("&"))
 }
 
 #[cfg(test)]
@@ -100,5 +107,8 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"));
         assert!(shown.contains("liaison:***@db"));
+        let config = Config::for_database("postgres://liaison@db/liaison?sslmode=require&password=s3cret");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret") && shown.contains("sslmode=require"));
     }
 }

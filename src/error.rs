@@ -86,6 +86,10 @@ impl From<StoreError> for AppError {
                 Self::PreconditionFailed("the resource has changed: its version is not the one in If-Match".into())
             }
             StoreError::Duplicate => Self::Conflict("a resource with this id already exists".into()),
+            // R4 http.html#delete: a server may refuse a delete that breaks referential integrity.
+            StoreError::Referenced(holder) => {
+                Self::Conflict(format!("the resource is still referenced by {holder}; delete or change that first"))
+            }
             StoreError::MultipleMatches(n) => {
                 Self::PreconditionFailed(format!("the condition matched {n} resources; it must match at most one"))
             }

@@ -38,7 +38,24 @@ pub use state::AppState;
 pub async fn build_state(config: &Config) -> Result<AppState, store::StoreError> {
     let store = store::Store::connect(&config.database_url, config.db_max_connections).await?;
     store.migrate().await?;
-    Ok(AppState::new(store, fhir::registry::Registry::r4(), config.base_url()))
+    let registry = fhir::registry::Registry::r4();
+    let base_url = config.base_url();
+    // Index rows and links of resources stored by an older version are rebuilt once.
+    let derive = |ty: &str, resource: &serde_json::Value| store::Derived {
+        index: registry.search.extract(&registry.definitions, ty, resource, &base_url),
+        references: resource
+            .as_object()
+            .map(|r| fhir::validate::validate(&registry.definitions, r).references)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| registry.resource_type(&r.resource_type).is_some())
+            .collect(),
+    };
+    let rebuilt = store.reindex_if_needed(&derive).await?;
+    if rebuilt > 0 {
+        tracing::info!(resources = rebuilt, "search index and reference links rebuilt");
+    }
+    Ok(AppState::new(store, registry, base_url))
 }
 
 /// The application router for `state`.

@@ -27,8 +27,7 @@ struct Params {
 }
 
 fn parse_params(query: Option<&str>) -> Result<Params, AppError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
-        .map_err(|_| AppError::invalid(IssueType::Invalid, "the query string could not be read"))?;
+    let pairs = super::negotiate::query_pairs(query.unwrap_or("").as_bytes())?;
     let mut params = Params { count: DEFAULT_COUNT, since: None, cursor: None };
     for (name, value) in pairs {
         match name.as_str() {

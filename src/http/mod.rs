@@ -52,7 +52,20 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             tracing::info_span!("request", method = %req.method(), route = %route, request_id = %request_id)
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(axum::middleware::map_request(drop_unsafe_request_id))
         .with_state(state)
+}
+
+/// A client's `x-request-id` is kept only when it is short and plain (it goes into every log
+/// line of the request); otherwise the server makes one.
+async fn drop_unsafe_request_id<B>(mut req: Request<B>) -> Request<B> {
+    let safe = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    });
+    if !safe {
+        req.headers_mut().remove(&REQUEST_ID);
+    }
+    req
 }
 
 async fn not_found() -> AppError {

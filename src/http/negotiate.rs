@@ -16,6 +16,17 @@ use crate::store::Version;
 
 const JSON: &str = "application/json; charset=utf-8";
 
+/// Decodes `application/x-www-form-urlencoded` parameters (a query string or a form body).
+/// Control characters are refused: no FHIR value holds them, and databases reject some.
+pub fn query_pairs(bytes: &[u8]) -> Result<Vec<(String, String)>, AppError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(bytes)
+        .map_err(|_| AppError::invalid(IssueType::Invalid, "the parameters could not be read"))?;
+    if pairs.iter().any(|(k, v)| k.chars().chain(v.chars()).any(char::is_control)) {
+        return Err(AppError::invalid(IssueType::Invalid, "parameters must not contain control characters"));
+    }
+    Ok(pairs)
+}
+
 /// The representation the client asked for: always JSON, as `application/fhir+json` or plain
 /// `application/json`, optionally pretty-printed.
 #[derive(Debug, Clone, Copy)]
@@ -47,12 +58,24 @@ fn not_acceptable(what: &str) -> AppError {
 
 /// The response type for a `_format` value or one media range of `Accept`.
 fn json_flavour(media: &str) -> Option<&'static str> {
+    if !fhir_version_ok(media) {
+        return None;
+    }
     let essence = media.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match essence.as_str() {
         "json" | "application/fhir+json" | "application/json+fhir" | "*/*" | "application/*" => Some(FHIR_JSON),
         "application/json" | "text/json" => Some(JSON),
         _ => None,
     }
+}
+
+/// A `fhirVersion` media-type parameter, when present, must name R4 (versioning.html#mt-version).
+fn fhir_version_ok(media: &str) -> bool {
+    media
+        .split(';')
+        .skip(1)
+        .filter_map(|p| p.trim().strip_prefix("fhirVersion="))
+        .all(|v| v.trim_matches('"').starts_with("4.0"))
 }
 
 fn accept(headers: &HeaderMap) -> Result<&'static str, AppError> {
@@ -92,7 +115,9 @@ impl<S: Send + Sync> FromRequest<S> for FhirJson {
     async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
         let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        if !matches!(essence.as_str(), "application/fhir+json" | "application/json" | "application/json+fhir") {
+        if !matches!(essence.as_str(), "application/fhir+json" | "application/json" | "application/json+fhir")
+            || !fhir_version_ok(content_type)
+        {
             return Err(AppError::UnsupportedMediaType(
                 "the request body must be FHIR JSON (Content-Type: application/fhir+json)".into(),
             ));

@@ -135,8 +135,7 @@ fn parse_condition(state: &AppState, ty: ResourceType, headers: &HeaderMap) -> R
     let Some(value) = headers.get("if-none-exist") else { return Ok(None) };
     let text = value.to_str().unwrap_or("");
     let text = text.split_once('?').map_or(text, |(_, q)| q);
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(text)
-        .map_err(|_| AppError::invalid(IssueType::Invalid, "If-None-Exist must be a search query"))?;
+    let pairs = super::negotiate::query_pairs(text.as_bytes())?;
     let parsed = query::parse(&state.registry.search, ty.as_str(), &pairs, &state.base_url, true)
         .map_err(|e| AppError::invalid(IssueType::Invalid, format!("If-None-Exist: {e}")))?;
     if parsed.filters.is_empty() {
@@ -180,7 +179,8 @@ pub async fn read(
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag))
+        // RFC 9110 §13.1.2: If-None-Match uses the weak comparison.
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == &tag[2..]))
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response());
     }

@@ -59,8 +59,7 @@ pub async fn search_post(
 }
 
 fn form_pairs(bytes: &[u8]) -> Result<Vec<(String, String)>, AppError> {
-    serde_urlencoded::from_bytes(bytes)
-        .map_err(|_| AppError::invalid(IssueType::Invalid, "the search parameters could not be read"))
+    super::negotiate::query_pairs(bytes)
 }
 
 /// `Prefer: handling=strict` makes unknown parameters errors (search.html#errors).

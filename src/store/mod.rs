@@ -45,6 +45,9 @@ pub enum StoreError {
     MultipleMatches(usize),
     #[error("{} referenced resources do not exist", .0.len())]
     MissingReferences(Vec<LocalReference>),
+    /// A delete would leave the reference held by this resource (`Type/id`) dangling.
+    #[error("the resource is still referenced")]
+    Referenced(String),
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("unsupported database URL (expected sqlite:// or postgres://)")]
@@ -157,6 +160,13 @@ enum Change<'a> {
 pub struct WriteExtras<'a> {
     pub references: &'a [LocalReference],
     pub index: &'a [IndexEntry],
+}
+
+/// What the server derives from a stored resource: its index entries and its local references.
+#[derive(Debug, Default)]
+pub struct Derived {
+    pub index: Vec<IndexEntry>,
+    pub references: Vec<LocalReference>,
 }
 
 /// One page of search results.
@@ -422,7 +432,17 @@ impl Store {
                 }
                 (Change::Update { resource, .. }, cur) => (Some(resource), "PUT", cur.map_or(1, |c| c.0 + 1)),
                 (Change::Delete, None | Some((_, true, _))) => return Ok(Some(Written::Unchanged)),
-                (Change::Delete, Some((v, false, _))) => (None, "DELETE", v + 1),
+                (Change::Delete, Some((v, false, _))) => {
+                    let holder: Option<(String, String)> = sqlx::query_as(sql::SELECT_INBOUND_LINK)
+                        .bind(ty.as_str())
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some((holder_type, holder_id)) = holder {
+                        return Err(StoreError::Referenced(format!("{holder_type}/{holder_id}")));
+                    }
+                    (None, "DELETE", v + 1)
+                }
             };
             // Taken under the write lock, and never before the version it follows: history order
             // and `_since` rely on lastUpdated growing with the version.
@@ -435,14 +455,14 @@ impl Store {
             targets.sort_by(|a, b| (&a.resource_type, &a.id).cmp(&(&b.resource_type, &b.id)));
             targets.dedup_by(|a, b| a.resource_type == b.resource_type && a.id == b.id);
             let mut missing = Vec::new();
-            for r in targets {
+            for r in &targets {
                 let found: Option<(i64,)> = sqlx::query_as(dialect.reference_exists)
                     .bind(&r.resource_type)
                     .bind(&r.id)
                     .fetch_optional(&mut *tx)
                     .await?;
                 if found.is_none() {
-                    missing.push(r.clone());
+                    missing.push((*r).clone());
                 }
             }
             if !missing.is_empty() {
@@ -483,12 +503,13 @@ impl Store {
                 .bind(content.as_deref())
                 .execute(&mut *tx)
                 .await?;
-            let index = if resource.is_some() { extras.index } else { &[] };
-            for statement in search_sql::index_deletes(ty.as_str(), id).iter().chain(&search_sql::index_inserts(
-                ty.as_str(),
-                id,
-                index,
-            )) {
+            let (index, links) =
+                if resource.is_some() { (extras.index, targets.as_slice()) } else { (&[][..], &[][..]) };
+            let statements = search_sql::index_deletes(ty.as_str(), id)
+                .into_iter()
+                .chain(search_sql::index_inserts(ty.as_str(), id, index))
+                .chain(search_sql::link_statements(ty.as_str(), id, links));
+            for statement in statements {
                 bind_all!(sqlx::query(&statement.text), statement).execute(&mut *tx).await?;
             }
             tx.commit().await?;
@@ -586,12 +607,12 @@ impl Store {
         }))
     }
 
-    /// Rebuilds the index rows of every current resource when they were written by an older
-    /// version of the extraction ([`INDEX_VERSION`]); a no-op otherwise. Runs at start-up, in
-    /// batches, each in its own transaction.
+    /// Rebuilds the index and link rows of every current resource when they were written by an
+    /// older version of the extraction ([`INDEX_VERSION`]); a no-op otherwise. Runs at start-up,
+    /// in batches, each in its own transaction.
     pub async fn reindex_if_needed(
         &self,
-        extract: &(dyn Fn(&str, &Value) -> Vec<IndexEntry> + Sync),
+        derive: &(dyn Fn(&str, &Value) -> Derived + Sync),
     ) -> Result<u64, StoreError> {
         const BATCH: i64 = 500;
         let mut done = 0;
@@ -613,11 +634,13 @@ impl Store {
                 for v in &batch {
                     let resource: Value =
                         v.content.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or(Value::Null);
-                    let entries = extract(&v.resource_type, &resource);
-                    for statement in search_sql::index_deletes(&v.resource_type, &v.id)
-                        .iter()
-                        .chain(&search_sql::index_inserts(&v.resource_type, &v.id, &entries))
-                    {
+                    let derived = derive(&v.resource_type, &resource);
+                    let links: Vec<&LocalReference> = derived.references.iter().collect();
+                    let statements = search_sql::index_deletes(&v.resource_type, &v.id)
+                        .into_iter()
+                        .chain(search_sql::index_inserts(&v.resource_type, &v.id, &derived.index))
+                        .chain(search_sql::link_statements(&v.resource_type, &v.id, &links));
+                    for statement in statements {
                         bind_all!(sqlx::query(&statement.text), statement).execute(&mut *tx).await?;
                     }
                 }

@@ -11,6 +11,7 @@ use super::sql::Dialect;
 use crate::fhir::search::index::{normalize, IndexEntry, IndexValue};
 use crate::fhir::search::query::{Filter, Modifier, Prefix, SearchValue, SortKey, SystemMatch};
 use crate::fhir::search::ParamKind;
+use crate::fhir::validate::LocalReference;
 use crate::fhir::Millis;
 
 /// A bound value.
@@ -175,6 +176,26 @@ pub fn index_deletes(ty: &str, id: &str) -> Vec<Sql> {
             sql
         })
         .collect()
+}
+
+/// Statements replacing the rows of `resource_links` held by resource `ty/id` with `targets`.
+pub fn link_statements(ty: &str, id: &str, targets: &[&LocalReference]) -> Vec<Sql> {
+    let mut delete = Sql::default();
+    delete.push("DELETE FROM resource_links WHERE source_type = ").text(ty).push(" AND source_id = ").text(id);
+    let mut out = vec![delete];
+    for chunk in targets.chunks(INSERT_BATCH) {
+        let mut sql = Sql::default();
+        sql.push("INSERT INTO resource_links (source_type, source_id, target_type, target_id) VALUES ");
+        for (i, r) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.push("(").text(ty).push(", ").text(id).push(", ").text(r.resource_type.clone());
+            sql.push(", ").text(r.id.clone()).push(")");
+        }
+        out.push(sql);
+    }
+    out
 }
 
 /// Compiles filters and sorting for one resource type.

@@ -64,6 +64,10 @@ pub const INSERT_HISTORY: &str =
     "INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, content) \
      VALUES ($1, $2, $3, $4, $5, $6)";
 
+/// One resource, other than the target itself, that still references `$1/$2`.
+pub const SELECT_INBOUND_LINK: &str = "SELECT source_type, source_id FROM resource_links \
+     WHERE target_type = $1 AND target_id = $2 AND NOT (source_type = $1 AND source_id = $2) LIMIT 1";
+
 pub const SELECT_INDEX_VERSION: &str = "SELECT version FROM index_state WHERE id = 1";
 pub const SET_INDEX_VERSION: &str = "UPDATE index_state SET version = $1 WHERE id = 1";
 

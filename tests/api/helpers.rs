@@ -172,6 +172,24 @@ impl TestApp {
         Self { router, backend, database_url: database_url.to_owned() }
     }
 
+    /// Runs SQL statements directly on this test's database (to set up states the API cannot).
+    pub async fn execute_sql(&self, statements: &[&str]) {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.database_url).await.expect("connect");
+                for s in statements {
+                    sqlx::query(s).execute(&mut conn).await.expect("statement runs");
+                }
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.database_url).await.expect("connect");
+                for s in statements {
+                    sqlx::query(s).execute(&mut conn).await.expect("statement runs");
+                }
+            }
+        }
+    }
+
     /// Sends a request; `body` is sent as FHIR JSON unless `headers` set a Content-Type.
     pub async fn send(
         &self,

@@ -66,6 +66,8 @@ fn main() {
         protocol::health_endpoints_answer,
         protocol::serves_over_a_real_socket,
         protocol::two_servers_share_one_database,
+        protocol::control_characters_versions_and_request_ids,
+        protocol::start_up_rebuilds_an_outdated_index,
         concurrency::concurrent_if_match_writers_exactly_one_wins,
         concurrency::concurrent_updates_lose_nothing,
         concurrency::concurrent_conditional_creates_make_one_resource,

@@ -139,3 +139,57 @@ pub async fn two_servers_share_one_database(app: TestApp) {
     app.send(Method::PUT, &path, &[("if-match", "W/\"1\"")], body).await.expect(412);
     assert_eq!(app.get(&path).await.json["meta"]["versionId"], "2");
 }
+
+/// Hostile or odd request details get clean 4xx answers, never a database error.
+pub async fn control_characters_versions_and_request_ids(app: TestApp) {
+    let created = app.create(fixtures::patient()).await;
+    let path = format!("Patient/{}", created["id"].as_str().unwrap());
+    app.get("Patient?name=a%00b").await.expect(400);
+    app.get("Patient/_history?_cursor=1:Patient:%00:1").await.expect(400);
+    app.send(Method::POST, "Patient", &[("if-none-exist", "identifier=%00")], Some(fixtures::patient().to_string()))
+        .await
+        .expect(400);
+    let mut nul = fixtures::patient();
+    nul["name"][0]["family"] = serde_json::json!("a\u{0}b");
+    app.post("Patient", &nul).await.expect(400);
+
+    // fhirVersion on media types (versioning.html).
+    app.send(Method::GET, &path, &[("accept", "application/fhir+json; fhirVersion=4.0")], None).await.expect(200);
+    app.send(Method::GET, &path, &[("accept", "application/fhir+json; fhirVersion=3.0")], None).await.expect(406);
+    let body = Some(fixtures::patient().to_string());
+    app.send(Method::POST, "Patient", &[("content-type", "application/fhir+json; fhirVersion=5.0")], body)
+        .await
+        .expect(415);
+
+    // If-None-Match compares weakly.
+    app.send(Method::GET, &path, &[("if-none-match", "\"1\"")], None).await.expect(304);
+
+    // A plain request id is echoed; one that could forge log lines is replaced.
+    let r = app.send(Method::GET, &path, &[("x-request-id", "abc-123")], None).await;
+    assert_eq!(r.header("x-request-id"), Some("abc-123"));
+    let r = app.send(Method::GET, &path, &[("x-request-id", "evil\" level=error")], None).await;
+    assert_ne!(r.header("x-request-id"), Some("evil\" level=error"));
+    assert!(r.header("x-request-id").is_some_and(|id| id.len() == 36));
+}
+
+/// Index rows written by an older server are rebuilt at start-up: searches and reference
+/// protection work on data stored before they existed.
+pub async fn start_up_rebuilds_an_outdated_index(app: TestApp) {
+    let p = app.create(fixtures::patient()).await;
+    let pid = p["id"].as_str().unwrap();
+    app.create(fixtures::care_plan(pid)).await;
+    app.execute_sql(&[
+        "DELETE FROM search_token",
+        "DELETE FROM search_reference",
+        "DELETE FROM resource_links",
+        "UPDATE index_state SET version = 0",
+    ])
+    .await;
+    let r = app.get(&format!("CarePlan?subject=Patient/{pid}")).await;
+    assert!(r.json.get("entry").is_none(), "the index really was emptied");
+
+    let restarted = TestApp::connect(app.backend, &app.database_url).await;
+    let r = restarted.get(&format!("CarePlan?subject=Patient/{pid}&status=active")).await;
+    assert_eq!(r.json["total"], 1, "{}", r.text);
+    restarted.delete(&format!("Patient/{pid}")).await.expect(409);
+}

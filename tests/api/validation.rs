@@ -89,10 +89,17 @@ pub async fn missing_reference_target_is_422_and_nothing_is_stored(app: TestApp)
     assert_eq!(r.issues()[0]["code"], "not-found");
     nothing_stored(&app, "CarePlan").await;
 
-    // A deleted target does not count either; a live one does.
+    // A referenced resource cannot be deleted (409 naming the holder); once the holder is gone
+    // it can, and a deleted target does not count for a new reference.
     let p = app.create(fixtures::patient()).await;
     let pid = p["id"].as_str().unwrap();
-    app.create(fixtures::care_plan(pid)).await;
+    let plan = app.create(fixtures::care_plan(pid)).await;
+    let plan_id = plan["id"].as_str().unwrap();
+    let r = app.delete(&format!("Patient/{pid}")).await;
+    r.expect(409);
+    assert!(r.issues()[0]["diagnostics"].as_str().unwrap().contains(&format!("CarePlan/{plan_id}")));
+    app.get(&format!("Patient/{pid}")).await.expect(200);
+    app.delete(&format!("CarePlan/{plan_id}")).await.expect(204);
     app.delete(&format!("Patient/{pid}")).await.expect(204);
     app.post("CarePlan", &fixtures::care_plan(pid)).await.expect(422);
     // References to types this server does not hold are not resolved here.

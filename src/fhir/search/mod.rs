@@ -19,7 +19,7 @@ use path::Expr;
 const R4_SEARCH_PARAMETERS: &str = include_str!("../definitions/search-parameters.json");
 
 /// Bumped whenever extraction changes, so that stored indexes are rebuilt at start-up.
-pub const INDEX_VERSION: i64 = 1;
+pub const INDEX_VERSION: i64 = 2;
 
 /// A search parameter's type (SearchParameter.type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
