@@ -1,0 +1,389 @@
+//! Liaison's benchmark: starts the server (this binary, re-run in server mode, so that the
+//! server's own peak memory can be read) on a fresh database, loads synthetic care-coordination
+//! data over HTTP, then drives workloads with concurrent clients and prints, per workload,
+//! throughput and latency percentiles, and the server's peak RSS.
+//!
+//!     cargo run --release --example bench -- --patients 2000
+//!     cargo run --release --example bench -- --engine postgres --patients 66667   # ≈ 1,000,000 resources
+//!
+//! Each patient brings 15 resources (a condition, three encounters, two PHQ-9 observations, a
+//! questionnaire response, two goals, a care team, two care plans, a referral and its task);
+//! 20 organisations, 200 practitioners and 200 practitioner roles are shared.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// Patients to generate (15 resources each).
+    #[arg(long, default_value_t = 2000)]
+    patients: usize,
+    /// Storage engine: sqlite (a fresh file) or postgres (a fresh database).
+    #[arg(long, default_value = "sqlite")]
+    engine: String,
+    /// PostgreSQL server for `--engine postgres`; a database `liaison_bench` is created there.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    postgres_url: String,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Requests per workload.
+    #[arg(long, default_value_t = 4000)]
+    requests: usize,
+    /// Internal: run as the server, on this database URL.
+    #[arg(long, hide = true)]
+    serve: Option<String>,
+}
+
+const ORGS: usize = 20;
+const ROLES: usize = 200;
+
+fn main() {
+    let args = Args::parse();
+    if let Some(url) = &args.serve {
+        return serve(url);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(run(args));
+}
+
+/// Server mode: the real router on a real socket, as `liaison` runs it.
+fn serve(database_url: &str) {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut config = liaison::Config::for_database(database_url);
+        config.listen_addr = listener.local_addr().expect("address");
+        config.db_max_connections = 16;
+        let state = liaison::build_state(&config).await.expect("database opens");
+        println!("{}", config.listen_addr);
+        let app = liaison::app(state, &config);
+        liaison::serve(listener, app, std::future::pending()).await.expect("serve");
+    });
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+struct Target {
+    client: HttpClient,
+    base: String,
+}
+
+impl Target {
+    async fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Bytes), String> {
+        let mut req = hyper::Request::builder().method(method).uri(format!("{}/{path}", self.base));
+        if body.is_some() {
+            req = req.header("content-type", "application/fhir+json");
+        }
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let res = self.client.request(req).await.map_err(|e| e.to_string())?;
+        let status = res.status().as_u16();
+        let bytes = res.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, bytes))
+    }
+}
+
+async fn run(args: Args) {
+    let (database_url, _guard) = match args.engine.as_str() {
+        "sqlite" => {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            (format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display()), Some(dir))
+        }
+        "postgres" => {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&args.postgres_url).await.expect("PostgreSQL reachable");
+            sqlx::query("DROP DATABASE IF EXISTS liaison_bench").execute(&mut conn).await.expect("drop");
+            sqlx::query("CREATE DATABASE liaison_bench").execute(&mut conn).await.expect("create");
+            let base = args.postgres_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&args.postgres_url);
+            (format!("{base}/liaison_bench"), None)
+        }
+        other => panic!("unknown engine {other}"),
+    };
+    let exe = std::env::current_exe().expect("own path");
+    let mut child = std::process::Command::new(exe)
+        .args(["--serve", &database_url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("server starts");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line)
+        .expect("server prints its address");
+    let addr: SocketAddr = line.trim().parse().expect("an address");
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.concurrency * 2).build(connector);
+    let target = Arc::new(Target { client, base: format!("http://{addr}/fhir") });
+
+    println!(
+        "Liaison benchmark: engine {}, {} patients ({} resources), {} clients, {} requests per workload",
+        args.engine,
+        args.patients,
+        args.patients * 15 + ORGS + 2 * ROLES,
+        args.concurrency,
+        args.requests
+    );
+    let started = Instant::now();
+    load(&target, &args).await;
+    let loaded = args.patients * 15 + ORGS + 2 * ROLES;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "load: {loaded} resources in {secs:.1} s = {:.0} resources/s (PUT, one resource per request)",
+        loaded as f64 / secs
+    );
+    println!(
+        "{:<44} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7}",
+        "workload", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"
+    );
+
+    let n = args.patients;
+    let workloads: Vec<(&str, Box<dyn Fn(usize) -> (String, String, Option<Value>) + Send + Sync>)> = vec![
+        ("read Patient by id", Box::new(move |i| ("GET".into(), format!("Patient/pat-{}", i % n), None))),
+        (
+            "create Observation",
+            Box::new(move |i| ("POST".into(), "Observation".into(), Some(phq9(i % n, 9_000 + i, (i % 27) as i64)))),
+        ),
+        (
+            "search: patient's active care plans",
+            Box::new(move |i| ("GET".into(), format!("CarePlan?patient=pat-{}&status=active", i % n), None)),
+        ),
+        (
+            "search: open referrals for a performer",
+            Box::new(move |i| {
+                (
+                    "GET".into(),
+                    format!("ServiceRequest?performer=PractitionerRole/role-{}&status=active", i % ROLES),
+                    None,
+                )
+            }),
+        ),
+        (
+            "search: encounters in a week, _include subject",
+            Box::new(move |i| {
+                let day = 1 + (i % 20);
+                let path = format!(
+                    "Encounter?date=ge2024-03-{day:02}&date=lt2024-03-{:02}&_include=Encounter:subject&_count=20",
+                    day + 7
+                );
+                ("GET".into(), path, None)
+            }),
+        ),
+        (
+            "search: chained subject:Patient.identifier",
+            Box::new(move |i| {
+                ("GET".into(), format!("CarePlan?subject:Patient.identifier=urn:mrn|MRN{}", i % n), None)
+            }),
+        ),
+        (
+            "history of one resource",
+            Box::new(move |i| ("GET".into(), format!("CarePlan/cp-{}-0/_history", i % n), None)),
+        ),
+    ];
+    for (name, make) in workloads {
+        measure(&target, name, args.requests, args.concurrency, make).await;
+    }
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok().and_then(|s| {
+        s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.trim_start_matches("VmHWM:").trim().to_owned())
+    });
+    println!("server peak RSS: {}", rss.unwrap_or_else(|| "unknown".into()));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+async fn measure(
+    target: &Arc<Target>,
+    name: &str,
+    requests: usize,
+    concurrency: usize,
+    make: Box<dyn Fn(usize) -> (String, String, Option<Value>) + Send + Sync>,
+) {
+    let make = Arc::new(make);
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (target, make, next, errors) = (target.clone(), make.clone(), next.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    break;
+                }
+                let (method, path, body) = make(scramble(i));
+                let t = Instant::now();
+                match target.send(&method, &path, body.as_ref()).await {
+                    Ok((status, _)) if status < 300 => {}
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all: Vec<Duration> = Vec::with_capacity(requests);
+    for t in tasks {
+        all.extend(t.await.expect("client task"));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    println!(
+        "{name:<44} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7}",
+        all.len(),
+        all.len() as f64 / secs,
+        pct(0.50),
+        pct(0.95),
+        pct(0.99),
+        errors.load(Ordering::Relaxed)
+    );
+}
+
+/// Spreads consecutive request numbers over the data set (a fixed permutation, repeatable).
+fn scramble(i: usize) -> usize {
+    (i.wrapping_mul(2_654_435_761)) % 1_000_000_007
+}
+
+const GIVEN: &[&str] =
+    &["Alex", "Sam", "Maria", "Jonas", "Aisha", "Wei", "Lena", "Omar", "Zoë", "Ivan", "Fatima", "Noah"];
+const FAMILY: &[&str] =
+    &["Müller", "Okafor", "García", "Nguyen", "Smith", "Kowalski", "Haddad", "Johansson", "Rossi", "Brown"];
+
+fn date(i: usize, salt: usize) -> String {
+    let day = (i * 7 + salt * 13) % 365;
+    let (month, dom) = (1 + day / 31 % 12, 1 + day % 28);
+    format!("2024-{month:02}-{dom:02}")
+}
+
+fn phq9(patient: usize, n: usize, score: i64) -> Value {
+    json!({"resourceType": "Observation", "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "44261-6", "display": "PHQ-9 total score"}]},
+        "subject": {"reference": format!("Patient/pat-{patient}")},
+        "effectiveDateTime": format!("{}T09:00:00Z", date(patient, n)),
+        "valueQuantity": {"value": score, "system": "http://unitsofmeasure.org", "code": "{score}"}})
+}
+
+/// The resources of one patient, in an order that satisfies referential integrity.
+fn patient_bundle(i: usize) -> Vec<Value> {
+    let pat = format!("Patient/pat-{i}");
+    let role = |k: usize| format!("PractitionerRole/role-{}", (i * 3 + k) % ROLES);
+    let mut out = vec![json!({"resourceType": "Patient", "id": format!("pat-{i}"), "active": true,
+        "identifier": [{"system": "urn:mrn", "value": format!("MRN{i}")}],
+        "name": [{"family": FAMILY[i % FAMILY.len()], "given": [GIVEN[i % GIVEN.len()]]}],
+        "gender": (["female", "male", "other"][i % 3]), "birthDate": format!("{}-0{}-1{}", 1950 + i % 55, 1 + i % 9, i % 10),
+        "managingOrganization": {"reference": format!("Organization/org-{}", i % ORGS)}})];
+    out.push(json!({"resourceType": "Condition", "id": format!("cond-{i}"),
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "35489007", "display": "Depressive disorder"}]},
+        "subject": {"reference": pat}, "onsetDateTime": date(i, 1)}));
+    for k in 0..3 {
+        out.push(json!({"resourceType": "Encounter", "id": format!("enc-{i}-{k}"), "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": pat}, "participant": [{"individual": {"reference": role(k)}}],
+            "period": {"start": format!("{}T10:00:00Z", date(i, k + 2)), "end": format!("{}T11:00:00Z", date(i, k + 2))}}));
+    }
+    for k in 0..2 {
+        let mut obs = phq9(i, k + 5, ((i + k * 7) % 27) as i64);
+        obs["id"] = json!(format!("obs-{i}-{k}"));
+        obs["encounter"] = json!({"reference": format!("Encounter/enc-{i}-{k}")});
+        out.push(obs);
+    }
+    out.push(json!({"resourceType": "QuestionnaireResponse", "id": format!("qr-{i}"), "status": "completed",
+        "subject": {"reference": pat}, "authored": format!("{}T09:30:00Z", date(i, 7)),
+        "item": [{"linkId": "1", "text": "Little interest or pleasure in doing things", "answer": [{"valueInteger": (i % 4) as i64}]}]}));
+    for k in 0..2 {
+        out.push(json!({"resourceType": "Goal", "id": format!("goal-{i}-{k}"),
+            "lifecycleStatus": if k == 0 { "active" } else { "completed" },
+            "description": {"text": (["Sleep seven hours a night", "Return to work part-time"][k])},
+            "subject": {"reference": pat}, "target": [{"dueDate": date(i, k + 9)}]}));
+    }
+    out.push(
+        json!({"resourceType": "CareTeam", "id": format!("ct-{i}"), "status": "active", "subject": {"reference": pat},
+        "participant": [{"member": {"reference": role(0)}}, {"member": {"reference": role(1)}}]}),
+    );
+    for k in 0..2 {
+        out.push(json!({"resourceType": "CarePlan", "id": format!("cp-{i}-{k}"),
+            "status": if k == 0 { "active" } else { "completed" }, "intent": "plan",
+            "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "736353004"}]}],
+            "subject": {"reference": pat}, "careTeam": [{"reference": format!("CareTeam/ct-{i}")}],
+            "addresses": [{"reference": format!("Condition/cond-{i}")}], "goal": [{"reference": format!("Goal/goal-{i}-{k}")}],
+            "period": {"start": date(i, k + 11)}}));
+    }
+    out.push(json!({"resourceType": "ServiceRequest", "id": format!("sr-{i}"),
+        "status": if i % 3 == 0 { "completed" } else { "active" }, "intent": "order",
+        "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "3457005", "display": "Patient referral"}]}],
+        "subject": {"reference": pat}, "requester": {"reference": role(0)}, "performer": [{"reference": role(2)}],
+        "authoredOn": format!("{}T08:00:00Z", date(i, 13))}));
+    out.push(json!({"resourceType": "Task", "id": format!("task-{i}"),
+        "status": (["requested", "accepted", "completed"][i % 3]), "intent": "order",
+        "focus": {"reference": format!("ServiceRequest/sr-{i}")}, "for": {"reference": pat},
+        "requester": {"reference": role(0)}, "owner": {"reference": role(2)}, "authoredOn": format!("{}T08:05:00Z", date(i, 13))}));
+    out
+}
+
+fn shared() -> Vec<Value> {
+    let mut out = Vec::new();
+    for o in 0..ORGS {
+        out.push(json!({"resourceType": "Organization", "id": format!("org-{o}"), "name": format!("Community Mental Health Service {o}")}));
+    }
+    for r in 0..ROLES {
+        out.push(json!({"resourceType": "Practitioner", "id": format!("prac-{r}"),
+            "name": [{"family": FAMILY[r % FAMILY.len()], "given": [GIVEN[(r + 3) % GIVEN.len()]]}]}));
+        out.push(json!({"resourceType": "PractitionerRole", "id": format!("role-{r}"), "active": true,
+            "practitioner": {"reference": format!("Practitioner/prac-{r}")},
+            "organization": {"reference": format!("Organization/org-{}", r % ORGS)},
+            "code": [{"coding": [{"system": "http://snomed.info/sct", "code": (["80584001", "59944000", "106328005"][r % 3])}]}]}));
+    }
+    out
+}
+
+async fn put(target: &Target, resource: &Value) {
+    let path = format!("{}/{}", resource["resourceType"].as_str().unwrap_or(""), resource["id"].as_str().unwrap_or(""));
+    match target.send("PUT", &path, Some(resource)).await {
+        Ok((status, _)) if status < 300 => {}
+        Ok((status, body)) => panic!("loading {path}: {status} {}", String::from_utf8_lossy(&body)),
+        Err(e) => panic!("loading {path}: {e}"),
+    }
+}
+
+async fn load(target: &Arc<Target>, args: &Args) {
+    for r in shared() {
+        put(target, &r).await;
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (target, next, patients) = (target.clone(), next.clone(), args.patients);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= patients {
+                    break;
+                }
+                for r in patient_bundle(i) {
+                    put(&target, &r).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("loader");
+    }
+}
