@@ -73,6 +73,9 @@ fn serve(database_url: &str) {
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// Makes request number `i` of a workload: method, path, body.
+type MakeRequest = Box<dyn Fn(usize) -> (String, String, Option<Value>) + Send + Sync>;
+
 struct Target {
     client: HttpClient,
     base: String,
@@ -141,13 +144,14 @@ async fn run(args: Args) {
         "load: {loaded} resources in {secs:.1} s = {:.0} resources/s (PUT, one resource per request)",
         loaded as f64 / secs
     );
+    analyze(&database_url).await;
     println!(
         "{:<44} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7}",
         "workload", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"
     );
 
     let n = args.patients;
-    let workloads: Vec<(&str, Box<dyn Fn(usize) -> (String, String, Option<Value>) + Send + Sync>)> = vec![
+    let workloads: Vec<(&str, MakeRequest)> = vec![
         ("read Patient by id", Box::new(move |i| ("GET".into(), format!("Patient/pat-{}", i % n), None))),
         (
             "create Observation",
@@ -200,13 +204,20 @@ async fn run(args: Args) {
     let _ = child.wait();
 }
 
-async fn measure(
-    target: &Arc<Target>,
-    name: &str,
-    requests: usize,
-    concurrency: usize,
-    make: Box<dyn Fn(usize) -> (String, String, Option<Value>) + Send + Sync>,
-) {
+/// Planner statistics after the bulk load, as PostgreSQL's autovacuum (or the server's periodic
+/// SQLite `PRAGMA optimize`) would gather them shortly after.
+async fn analyze(database_url: &str) {
+    use sqlx::Connection;
+    if database_url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(database_url).await.expect("connect");
+        sqlx::query("ANALYZE").execute(&mut conn).await.expect("ANALYZE");
+    } else {
+        let mut conn = sqlx::PgConnection::connect(database_url).await.expect("connect");
+        sqlx::query("ANALYZE").execute(&mut conn).await.expect("ANALYZE");
+    }
+}
+
+async fn measure(target: &Arc<Target>, name: &str, requests: usize, concurrency: usize, make: MakeRequest) {
     let make = Arc::new(make);
     let next = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
@@ -327,7 +338,7 @@ fn patient_bundle(i: usize) -> Vec<Value> {
             "period": {"start": date(i, k + 11)}}));
     }
     out.push(json!({"resourceType": "ServiceRequest", "id": format!("sr-{i}"),
-        "status": if i % 3 == 0 { "completed" } else { "active" }, "intent": "order",
+        "status": if i.is_multiple_of(3) { "completed" } else { "active" }, "intent": "order",
         "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "3457005", "display": "Patient referral"}]}],
         "subject": {"reference": pat}, "requester": {"reference": role(0)}, "performer": [{"reference": role(2)}],
         "authoredOn": format!("{}T08:00:00Z", date(i, 13))}));

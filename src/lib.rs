@@ -55,6 +55,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, store::StoreError>
     if rebuilt > 0 {
         tracing::info!(resources = rebuilt, "search index and reference links rebuilt");
     }
+    store.optimize().await?;
     Ok(AppState::new(store, registry, base_url))
 }
 
@@ -70,4 +71,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Keeps the query planner's statistics fresh while the server runs (hourly; only SQLite needs
+/// it, see [`store::Store::optimize`]).
+pub async fn maintain(state: AppState) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.store.optimize().await {
+            tracing::warn!(error = %e, "refreshing planner statistics failed");
+        }
+    }
 }

@@ -11,6 +11,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(config = ?config, "starting Liaison");
 
     let state = liaison::build_state(&config).await.context("opening the database")?;
+    tokio::spawn(liaison::maintain(state.clone()));
     let app = liaison::app(state, &config);
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await

@@ -84,7 +84,9 @@ async fn search(
     if q.summary == Summary::Count {
         q.count = 0;
     }
-    let with_total = q.total != Total::None || q.summary == Summary::Count;
+    // The total is counted for the first page; later pages come from a `next` link, whose first
+    // page carried it (search.html#total: the server may leave it out).
+    let with_total = (q.total != Total::None && q.cursor.is_none()) || q.summary == Summary::Count;
     let page = state.store.search(ty, &q, q.cursor.as_deref(), with_total).await.map_err(|e| match e {
         SearchError::BadCursor => {
             AppError::invalid(IssueType::Invalid, "_cursor is not one this server issued for this search")

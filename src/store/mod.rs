@@ -187,6 +187,10 @@ struct SearchRow {
 }
 
 /// Binds the values of a compiled statement to a query (`sqlx::query` or `query_as`).
+///
+/// Search statements run unprepared (`persistent(false)`): their text varies with the request,
+/// and a cached PostgreSQL statement switches to a generic plan that cannot tell a selective
+/// value (one patient) from a common one (`status=active`).
 macro_rules! bind_all {
     ($query:expr, $sql:expr) => {{
         let mut q = $query;
@@ -281,6 +285,16 @@ impl Store {
         match &self.db {
             Db::Sqlite { writer, .. } => sqlx::migrate!("migrations/sqlite").run(writer).await?,
             Db::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Refreshes the query planner's statistics where the engine does not do it by itself:
+    /// SQLite's `PRAGMA optimize` (cheap; analyses only tables whose statistics are stale).
+    /// PostgreSQL's autovacuum keeps its own statistics.
+    pub async fn optimize(&self) -> Result<(), StoreError> {
+        if let Db::Sqlite { writer, .. } = &self.db {
+            sqlx::query("PRAGMA optimize=0x10002").execute(writer).await?;
         }
         Ok(())
     }
@@ -404,7 +418,8 @@ impl Store {
             if let Change::Create { condition: Some(condition), .. } = change {
                 sqlx::query(dialect.lock_condition).bind(condition_lock_key(ty, condition)).execute(&mut *tx).await?;
                 let sql = Compiler::new(dialect, clock).ids(ty.as_str(), condition, 2);
-                let matches: Vec<(String,)> = bind_all!(sqlx::query_as(&sql.text), sql).fetch_all(&mut *tx).await?;
+                let matches: Vec<(String,)> =
+                    bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(&mut *tx).await?;
                 match matches.as_slice() {
                     [] => {}
                     [(found,)] => {
@@ -505,10 +520,12 @@ impl Store {
                 .await?;
             let (index, links) =
                 if resource.is_some() { (extras.index, targets.as_slice()) } else { (&[][..], &[][..]) };
-            let statements = search_sql::index_deletes(ty.as_str(), id)
+            // A resource that did not exist has no rows to remove.
+            let old_rows = if current.is_some() { search_sql::index_deletes(ty.as_str(), id) } else { Vec::new() };
+            let statements = old_rows
                 .into_iter()
                 .chain(search_sql::index_inserts(ty.as_str(), id, index))
-                .chain(search_sql::link_statements(ty.as_str(), id, links));
+                .chain(search_sql::link_statements(ty.as_str(), id, links, current.is_some()));
             for statement in statements {
                 bind_all!(sqlx::query(&statement.text), statement).execute(&mut *tx).await?;
             }
@@ -547,8 +564,10 @@ impl Store {
                 let sql = Compiler::new(dialect, now)
                     .page(ty.as_str(), &q.filters, &q.sort, position.as_deref(), limit + 1)
                     .map_err(|_| SearchError::BadCursor)?;
-                let rows: Vec<SearchRow> =
-                    bind_all!(sqlx::query_as(&sql.text), sql).fetch_all(pool).await.map_err(StoreError::from)?;
+                let rows: Vec<SearchRow> = bind_all!(sqlx::query_as(&sql.text).persistent(false), sql)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(StoreError::from)?;
                 let more = rows.len() as i64 > limit;
                 for (i, row) in rows.into_iter().enumerate() {
                     if (i as i64) < limit {
@@ -561,8 +580,10 @@ impl Store {
             }
             let total = if with_total {
                 let sql = Compiler::new(dialect, now).count(ty.as_str(), &q.filters);
-                let (n,): (i64,) =
-                    bind_all!(sqlx::query_as(&sql.text), sql).fetch_one(pool).await.map_err(StoreError::from)?;
+                let (n,): (i64,) = bind_all!(sqlx::query_as(&sql.text).persistent(false), sql)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(StoreError::from)?;
                 Some(n)
             } else {
                 None
@@ -585,7 +606,7 @@ impl Store {
         }
         Ok(on_db!(self, reader, |pool, dialect| {
             let sql = Compiler::new(dialect, 0).include(source_type, param, target_type, sources, limit);
-            bind_all!(sqlx::query_as(&sql.text), sql).fetch_all(pool).await?
+            bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(pool).await?
         }))
     }
 
@@ -603,7 +624,7 @@ impl Store {
         }
         Ok(on_db!(self, reader, |pool, dialect| {
             let sql = Compiler::new(dialect, 0).revinclude(source_type, param, target_type, targets, limit);
-            bind_all!(sqlx::query_as(&sql.text), sql).fetch_all(pool).await?
+            bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(pool).await?
         }))
     }
 
@@ -639,7 +660,7 @@ impl Store {
                     let statements = search_sql::index_deletes(&v.resource_type, &v.id)
                         .into_iter()
                         .chain(search_sql::index_inserts(&v.resource_type, &v.id, &derived.index))
-                        .chain(search_sql::link_statements(&v.resource_type, &v.id, &links));
+                        .chain(search_sql::link_statements(&v.resource_type, &v.id, &links, true));
                     for statement in statements {
                         bind_all!(sqlx::query(&statement.text), statement).execute(&mut *tx).await?;
                     }

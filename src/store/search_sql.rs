@@ -178,11 +178,15 @@ pub fn index_deletes(ty: &str, id: &str) -> Vec<Sql> {
         .collect()
 }
 
-/// Statements replacing the rows of `resource_links` held by resource `ty/id` with `targets`.
-pub fn link_statements(ty: &str, id: &str, targets: &[&LocalReference]) -> Vec<Sql> {
-    let mut delete = Sql::default();
-    delete.push("DELETE FROM resource_links WHERE source_type = ").text(ty).push(" AND source_id = ").text(id);
-    let mut out = vec![delete];
+/// Statements replacing the rows of `resource_links` held by resource `ty/id` with `targets`
+/// (`replace`: the resource may hold rows already).
+pub fn link_statements(ty: &str, id: &str, targets: &[&LocalReference], replace: bool) -> Vec<Sql> {
+    let mut out = Vec::new();
+    if replace {
+        let mut delete = Sql::default();
+        delete.push("DELETE FROM resource_links WHERE source_type = ").text(ty).push(" AND source_id = ").text(id);
+        out.push(delete);
+    }
     for chunk in targets.chunks(INSERT_BATCH) {
         let mut sql = Sql::default();
         sql.push("INSERT INTO resource_links (source_type, source_id, target_type, target_id) VALUES ");

@@ -289,7 +289,9 @@ pub async fn sort_count_and_paging_links(app: TestApp) {
     for _ in 0..5 {
         let r = app.get(&url).await;
         r.expect(200);
-        assert_eq!(r.json["total"], 3);
+        if seen.is_empty() {
+            assert_eq!(r.json["total"], 3, "the first page carries the total");
+        }
         seen.extend(entries(&r.json, "match").iter().map(|e| e["resource"]["title"].as_str().unwrap().to_owned()));
         let next = r.json["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").cloned();
         match next {
