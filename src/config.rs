@@ -29,6 +29,15 @@ pub struct Config {
     #[arg(long, env = "LIAISON_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Largest search page: a larger `_count` is reduced to this.
+    #[arg(long, env = "LIAISON_MAX_PAGE_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_page_size: u32,
+
+    /// Without `_total=accurate`, a search counts at most this many matches for `Bundle.total`
+    /// and leaves the total out beyond (counting a large result costs more than the page).
+    #[arg(long, env = "LIAISON_TOTAL_COUNT_CAP", default_value_t = 1000)]
+    pub total_count_cap: i64,
+
     /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `liaison=debug,sqlx=warn`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log_level: String,
@@ -70,6 +79,8 @@ impl std::fmt::Debug for Config {
             .field("db_max_connections", &self.db_max_connections)
             .field("base_url", &self.base_url)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_page_size", &self.max_page_size)
+            .field("total_count_cap", &self.total_count_cap)
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
             .finish()

@@ -56,7 +56,8 @@ pub async fn build_state(config: &Config) -> Result<AppState, store::StoreError>
         tracing::info!(resources = rebuilt, "search index and reference links rebuilt");
     }
     store.optimize().await?;
-    Ok(AppState::new(store, registry, base_url))
+    let limits = state::Limits { max_page_size: config.max_page_size, total_count_cap: config.total_count_cap };
+    Ok(AppState::new(store, registry, base_url, limits))
 }
 
 /// The application router for `state`.

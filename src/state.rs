@@ -17,11 +17,21 @@ pub struct Inner {
     pub registry: Registry,
     /// Public base URL of the FHIR API, without a trailing slash.
     pub base_url: String,
+    pub limits: Limits,
+}
+
+/// Configured bounds on the work one request may ask for.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The largest search page (`_count`).
+    pub max_page_size: u32,
+    /// Without `_total=accurate`, searches count at most this many matches for `Bundle.total`.
+    pub total_count_cap: i64,
 }
 
 impl AppState {
-    pub fn new(store: Store, registry: Registry, base_url: String) -> Self {
-        Self(Arc::new(Inner { store, registry, base_url }))
+    pub fn new(store: Store, registry: Registry, base_url: String, limits: Limits) -> Self {
+        Self(Arc::new(Inner { store, registry, base_url, limits }))
     }
 }
 

@@ -136,7 +136,8 @@ fn parse_condition(state: &AppState, ty: ResourceType, headers: &HeaderMap) -> R
     let text = value.to_str().unwrap_or("");
     let text = text.split_once('?').map_or(text, |(_, q)| q);
     let pairs = super::negotiate::query_pairs(text.as_bytes())?;
-    let parsed = query::parse(&state.registry.search, ty.as_str(), &pairs, &state.base_url, true)
+    let options = query::ParseOptions { base_url: &state.base_url, strict: true, max_count: 2 };
+    let parsed = query::parse(&state.registry.search, ty.as_str(), &pairs, options)
         .map_err(|e| AppError::invalid(IssueType::Invalid, format!("If-None-Exist: {e}")))?;
     if parsed.filters.is_empty() {
         return Err(AppError::invalid(IssueType::Invalid, "If-None-Exist must name at least one search parameter"));

@@ -20,7 +20,7 @@ use crate::fhir::outcome::{operation_outcome, Issue, IssueType, Severity};
 use crate::fhir::registry::ResourceType;
 use crate::fhir::search::query::{self, Include, SearchQuery, Summary, Total, MAX_DEPTH};
 use crate::state::AppState;
-use crate::store::{SearchError, Version};
+use crate::store::{Counting, SearchError, Version};
 
 /// At most this many resources are added by `_include` and `_revinclude` to one page.
 const MAX_INCLUDED: i64 = 1000;
@@ -79,15 +79,25 @@ async fn search(
     headers: &HeaderMap,
     pairs: Vec<(String, String)>,
 ) -> Result<Response, AppError> {
-    let mut q = query::parse(&state.registry.search, ty.as_str(), &pairs, &state.base_url, strict_handling(headers))
+    let options = query::ParseOptions {
+        base_url: &state.base_url,
+        strict: strict_handling(headers),
+        max_count: state.limits.max_page_size,
+    };
+    let mut q = query::parse(&state.registry.search, ty.as_str(), &pairs, options)
         .map_err(|e| AppError::BadRequest(vec![Issue::at(IssueType::Invalid, e.param.clone(), e.reason.clone())]))?;
     if q.summary == Summary::Count {
         q.count = 0;
     }
     // The total is counted for the first page; later pages come from a `next` link, whose first
     // page carried it (search.html#total: the server may leave it out).
-    let with_total = (q.total != Total::None && q.cursor.is_none()) || q.summary == Summary::Count;
-    let page = state.store.search(ty, &q, q.cursor.as_deref(), with_total).await.map_err(|e| match e {
+    let counting = match (q.total, q.summary) {
+        (_, Summary::Count) | (Total::Accurate, _) => Counting::All,
+        _ if q.cursor.is_some() => Counting::None,
+        (Total::None, _) => Counting::None,
+        (Total::Estimate | Total::Unspecified, _) => Counting::UpTo(state.limits.total_count_cap),
+    };
+    let page = state.store.search(ty, &q, q.cursor.as_deref(), counting).await.map_err(|e| match e {
         SearchError::BadCursor => {
             AppError::invalid(IssueType::Invalid, "_cursor is not one this server issued for this search")
         }

@@ -169,6 +169,15 @@ pub struct Derived {
     pub references: Vec<LocalReference>,
 }
 
+/// How much counting a search does for `Bundle.total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counting {
+    None,
+    /// Count matches up to this many; more, and the total is left out.
+    UpTo(i64),
+    All,
+}
+
 /// One page of search results.
 #[derive(Debug)]
 pub struct SearchPage {
@@ -549,7 +558,7 @@ impl Store {
         ty: ResourceType,
         q: &SearchQuery,
         after: Option<&str>,
-        with_total: bool,
+        counting: Counting,
     ) -> Result<SearchPage, SearchError> {
         let now = fhir::now_millis();
         let position: Option<Vec<Value>> = match after {
@@ -578,15 +587,22 @@ impl Store {
                     }
                 }
             }
-            let total = if with_total {
-                let sql = Compiler::new(dialect, now).count(ty.as_str(), &q.filters);
-                let (n,): (i64,) = bind_all!(sqlx::query_as(&sql.text).persistent(false), sql)
-                    .fetch_one(pool)
-                    .await
-                    .map_err(StoreError::from)?;
-                Some(n)
-            } else {
-                None
+            let cap = match counting {
+                Counting::None => None,
+                Counting::UpTo(cap) => Some(Some(cap + 1)),
+                Counting::All => Some(None),
+            };
+            let total = match cap {
+                Some(cap) => {
+                    let sql = Compiler::new(dialect, now).count(ty.as_str(), &q.filters, cap);
+                    let (n,): (i64,) = bind_all!(sqlx::query_as(&sql.text).persistent(false), sql)
+                        .fetch_one(pool)
+                        .await
+                        .map_err(StoreError::from)?;
+                    // Past the cap the exact number is unknown, and R4 lets it be left out.
+                    cap.is_none_or(|c| n < c).then_some(n)
+                }
+                None => None,
             };
             SearchPage { matches, next, total }
         }))

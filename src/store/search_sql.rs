@@ -259,9 +259,14 @@ impl<'a> Compiler<'a> {
     }
 
     /// `SELECT COUNT(*)` of the matches.
-    pub fn count(mut self, ty: &str, filters: &[Filter]) -> Sql {
-        self.sql.push("SELECT COUNT(*) FROM resources r0 WHERE ");
+    /// `SELECT COUNT(*)` of the matches, or of at most `cap` of them.
+    pub fn count(mut self, ty: &str, filters: &[Filter], cap: Option<i64>) -> Sql {
+        self.sql.push("SELECT COUNT(*) FROM (SELECT 1 FROM resources r0 WHERE ");
         self.where_clause("r0", &[ty.to_owned()], filters);
+        if let Some(cap) = cap {
+            self.sql.push(" LIMIT ").bind(Bind::Int(cap));
+        }
+        self.sql.push(") matches");
         self.sql
     }
 

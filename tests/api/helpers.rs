@@ -163,10 +163,16 @@ impl TestApp {
 
     /// A server on the database at `database_url` (migrated on connect).
     pub async fn connect(backend: Backend, database_url: &str) -> Self {
+        Self::connect_with(backend, database_url, |_| {}).await
+    }
+
+    /// Like [`Self::connect`], with settings changed by `configure`.
+    pub async fn connect_with(backend: Backend, database_url: &str, configure: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::for_database(database_url);
         config.base_url = Some(BASE.into());
         config.max_body_bytes = 256 * 1024;
         config.db_max_connections = 4;
+        configure(&mut config);
         let state = liaison::build_state(&config).await.expect("store opens and migrates");
         let router = liaison::app(state, &config);
         Self { router, backend, database_url: database_url.to_owned() }

@@ -85,6 +85,7 @@ fn main() {
         search::summary_and_elements,
         search::post_search_and_parameter_errors,
         search::index_follows_updates_and_deletes,
+        search::configured_page_size_and_count_cap,
     ];
 
     let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");

@@ -417,3 +417,22 @@ pub async fn index_follows_updates_and_deletes(app: TestApp) {
     assert!(ids(&app, "CarePlan?status=on-hold").await.is_empty());
     assert!(!ids(&app, "CarePlan").await.contains(&d.plan_active));
 }
+
+/// `_count` is bounded by the configured page size, and without `_total=accurate` the total is
+/// counted only up to the configured cap and left out beyond it.
+pub async fn configured_page_size_and_count_cap(app: TestApp) {
+    load(&app).await;
+    let small = TestApp::connect_with(app.backend, &app.database_url, |c| {
+        c.max_page_size = 2;
+        c.total_count_cap = 2;
+    })
+    .await;
+    let r = small.get("CarePlan?_count=50").await;
+    r.expect(200);
+    assert_eq!(entries(&r.json, "match").len(), 2);
+    assert!(r.json.get("total").is_none(), "3 matches exceed the cap of 2");
+    assert!(r.json["link"].as_array().unwrap().iter().any(|l| l["relation"] == "next"));
+    assert_eq!(small.get("CarePlan?_total=accurate").await.json["total"], 3);
+    assert_eq!(small.get("CarePlan?_total=estimate&status=completed").await.json["total"], 1);
+    assert!(small.get("CarePlan?_total=none&status=completed").await.json.get("total").is_none());
+}

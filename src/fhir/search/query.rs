@@ -4,9 +4,8 @@
 use super::{ParamKind, SearchParams};
 use crate::fhir::{date_range, Millis};
 
-/// How many resources a page holds unless `_count` says otherwise, and at most.
+/// How many resources a page holds unless `_count` says otherwise.
 pub const DEFAULT_COUNT: u32 = 20;
-pub const MAX_COUNT: u32 = 1000;
 /// How deep chains and `_has` may nest, and how many `_include:iterate` rounds run.
 pub const MAX_DEPTH: usize = 4;
 
@@ -143,9 +142,11 @@ pub struct Include {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Total {
+    /// No `_total`: counted when cheap (see the search handler).
+    #[default]
+    Unspecified,
     None,
     Estimate,
-    #[default]
     Accurate,
 }
 
@@ -194,21 +195,31 @@ fn err(param: &str, reason: impl Into<String>) -> QueryError {
     QueryError { param: shown, reason: reason.into() }
 }
 
-/// Parses the `(name, value)` pairs of a search on `ty`. With `strict`, unknown parameters are
-/// errors; otherwise they are ignored and listed in `ignored`.
+/// How a search request is read.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseOptions<'a> {
+    /// This server's base URL: absolute references to it are local.
+    pub base_url: &'a str,
+    /// Unknown parameters are errors instead of being ignored and listed in `ignored`.
+    pub strict: bool,
+    /// The largest page size; a larger `_count` is reduced to it.
+    pub max_count: u32,
+}
+
+/// Parses the `(name, value)` pairs of a search on `ty`.
 pub fn parse(
     params: &SearchParams,
     ty: &str,
     pairs: &[(String, String)],
-    base_url: &str,
-    strict: bool,
+    options: ParseOptions,
 ) -> Result<SearchQuery, QueryError> {
-    let mut q = SearchQuery { count: DEFAULT_COUNT, ..SearchQuery::default() };
+    let ParseOptions { base_url, strict, max_count } = options;
+    let mut q = SearchQuery { count: DEFAULT_COUNT.min(max_count), ..SearchQuery::default() };
     for (name, value) in pairs {
         match name.as_str() {
             "_count" => {
                 let n: u32 = value.parse().map_err(|_| err(name, "must be a non-negative integer"))?;
-                q.count = n.min(MAX_COUNT);
+                q.count = n.min(max_count);
             }
             "_sort" => q.sort = parse_sort(params, ty, value)?,
             "_total" => {
@@ -564,7 +575,7 @@ mod tests {
     fn q(ty: &str, pairs: &[(&str, &str)]) -> Result<SearchQuery, QueryError> {
         let params = SearchParams::r4(SUPPORTED_TYPES);
         let pairs: Vec<(String, String)> = pairs.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect();
-        parse(&params, ty, &pairs, "http://base/fhir", false)
+        parse(&params, ty, &pairs, ParseOptions { base_url: "http://base/fhir", strict: false, max_count: 1000 })
     }
 
     #[test]
@@ -602,7 +613,8 @@ mod tests {
         let query = q("CarePlan", &[("colour", "blue")]).unwrap();
         assert_eq!(query.ignored, ["colour"]);
         let params = SearchParams::r4(SUPPORTED_TYPES);
-        let strict = parse(&params, "CarePlan", &[("colour".into(), "blue".into())], "", true);
+        let options = ParseOptions { base_url: "", strict: true, max_count: 1000 };
+        let strict = parse(&params, "CarePlan", &[("colour".into(), "blue".into())], options);
         assert!(strict.is_err());
     }
 
