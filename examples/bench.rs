@@ -39,6 +39,10 @@ struct Args {
     /// Requests per workload.
     #[arg(long, default_value_t = 4000)]
     requests: usize,
+    /// PostgreSQL only: measure the `liaison_bench` database a previous run loaded with the same
+    /// `--patients`, without loading again.
+    #[arg(long)]
+    reuse: bool,
     /// Internal: run as the server, on this database URL.
     #[arg(long, hide = true)]
     serve: Option<String>,
@@ -104,9 +108,11 @@ async fn run(args: Args) {
         }
         "postgres" => {
             use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(&args.postgres_url).await.expect("PostgreSQL reachable");
-            sqlx::query("DROP DATABASE IF EXISTS liaison_bench").execute(&mut conn).await.expect("drop");
-            sqlx::query("CREATE DATABASE liaison_bench").execute(&mut conn).await.expect("create");
+            if !args.reuse {
+                let mut conn = sqlx::PgConnection::connect(&args.postgres_url).await.expect("PostgreSQL reachable");
+                sqlx::query("DROP DATABASE IF EXISTS liaison_bench").execute(&mut conn).await.expect("drop");
+                sqlx::query("CREATE DATABASE liaison_bench").execute(&mut conn).await.expect("create");
+            }
             let base = args.postgres_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&args.postgres_url);
             (format!("{base}/liaison_bench"), None)
         }
@@ -136,14 +142,18 @@ async fn run(args: Args) {
         args.concurrency,
         args.requests
     );
-    let started = Instant::now();
-    load(&target, &args).await;
-    let loaded = args.patients * 15 + ORGS + 2 * ROLES;
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "load: {loaded} resources in {secs:.1} s = {:.0} resources/s (PUT, one resource per request)",
-        loaded as f64 / secs
-    );
+    if args.reuse && args.engine == "postgres" {
+        println!("load: reusing the loaded database");
+    } else {
+        let started = Instant::now();
+        load(&target, &args).await;
+        let loaded = args.patients * 15 + ORGS + 2 * ROLES;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "load: {loaded} resources in {secs:.1} s = {:.0} resources/s (PUT, one resource per request)",
+            loaded as f64 / secs
+        );
+    }
     analyze(&database_url).await;
     println!(
         "{:<44} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7}",

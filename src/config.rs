@@ -33,8 +33,8 @@ pub struct Config {
     #[arg(long, env = "LIAISON_MAX_PAGE_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_page_size: u32,
 
-    /// Without `_total=accurate`, a search counts at most this many matches for `Bundle.total`
-    /// and leaves the total out beyond (counting a large result costs more than the page).
+    /// With `_total=estimate`, a search counts at most this many matches for `Bundle.total` and
+    /// leaves the total out beyond (counting a large result costs more than the page).
     #[arg(long, env = "LIAISON_TOTAL_COUNT_CAP", default_value_t = 1000)]
     pub total_count_cap: i64,
 

@@ -25,7 +25,7 @@ pub struct Inner {
 pub struct Limits {
     /// The largest search page (`_count`).
     pub max_page_size: u32,
-    /// Without `_total=accurate`, searches count at most this many matches for `Bundle.total`.
+    /// With `_total=estimate`, searches count at most this many matches for `Bundle.total`.
     pub total_count_cap: i64,
 }
 

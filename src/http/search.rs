@@ -91,11 +91,15 @@ async fn search(
     }
     // The total is counted for the first page; later pages come from a `next` link, whose first
     // page carried it (search.html#total: the server may leave it out).
+    // search.html#total lets a server leave `total` out. Without `_total`, it is given when it
+    // costs nothing (every match fits on the first page); `estimate` counts up to the configured
+    // cap, `accurate` counts all. Later pages, reached through `next`, are not counted again.
     let counting = match (q.total, q.summary) {
         (_, Summary::Count) | (Total::Accurate, _) => Counting::All,
         _ if q.cursor.is_some() => Counting::None,
         (Total::None, _) => Counting::None,
-        (Total::Estimate | Total::Unspecified, _) => Counting::UpTo(state.limits.total_count_cap),
+        (Total::Unspecified, _) => Counting::IfComplete,
+        (Total::Estimate, _) => Counting::UpTo(state.limits.total_count_cap),
     };
     let page = state.store.search(ty, &q, q.cursor.as_deref(), counting).await.map_err(|e| match e {
         SearchError::BadCursor => {

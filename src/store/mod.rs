@@ -173,6 +173,8 @@ pub struct Derived {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counting {
     None,
+    /// The number of matches when they all fit on this page; nothing otherwise.
+    IfComplete,
     /// Count matches up to this many; more, and the total is left out.
     UpTo(i64),
     All,
@@ -587,8 +589,11 @@ impl Store {
                     }
                 }
             }
+            let complete = next.is_none() && after.is_none() && limit > 0;
             let cap = match counting {
                 Counting::None => None,
+                Counting::IfComplete | Counting::UpTo(_) if complete => None,
+                Counting::IfComplete => None,
                 Counting::UpTo(cap) => Some(Some(cap + 1)),
                 Counting::All => Some(None),
             };
@@ -602,6 +607,7 @@ impl Store {
                     // Past the cap the exact number is unknown, and R4 lets it be left out.
                     cap.is_none_or(|c| n < c).then_some(n)
                 }
+                None if complete && counting != Counting::None => Some(matches.len() as i64),
                 None => None,
             };
             SearchPage { matches, next, total }

@@ -285,7 +285,7 @@ pub async fn sort_count_and_paging_links(app: TestApp) {
 
     // Paging through sorted results, two at a time.
     let mut seen = Vec::new();
-    let mut url = "CarePlan?_sort=date&_count=2".to_owned();
+    let mut url = "CarePlan?_sort=date&_count=2&_total=accurate".to_owned();
     for _ in 0..5 {
         let r = app.get(&url).await;
         r.expect(200);
@@ -427,10 +427,12 @@ pub async fn configured_page_size_and_count_cap(app: TestApp) {
         c.total_count_cap = 2;
     })
     .await;
-    let r = small.get("CarePlan?_count=50").await;
+    let r = small.get("CarePlan?_count=50&_total=estimate").await;
     r.expect(200);
     assert_eq!(entries(&r.json, "match").len(), 2);
     assert!(r.json.get("total").is_none(), "3 matches exceed the cap of 2");
+    assert!(small.get("CarePlan").await.json.get("total").is_none(), "not free: more than one page");
+    assert_eq!(small.get("CarePlan?status=completed").await.json["total"], 1, "free: all on one page");
     assert!(r.json["link"].as_array().unwrap().iter().any(|l| l["relation"] == "next"));
     assert_eq!(small.get("CarePlan?_total=accurate").await.json["total"], 3);
     assert_eq!(small.get("CarePlan?_total=estimate&status=completed").await.json["total"], 1);
