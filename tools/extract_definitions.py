@@ -122,7 +122,9 @@ def for_base(expression, base):
 
 def search_parameters(src):
     out = {t: [] for t in SERVED}
-    for sp in load_all(src, "SearchParameter"):
+    every = list(load_all(src, "SearchParameter"))
+    by_url = {sp["url"]: sp for sp in every}
+    for sp in every:
         for base in sp.get("base", []):
             if base in ("Resource", "DomainResource") and sp["code"] in COMMON:
                 targets = SERVED
@@ -144,7 +146,8 @@ def search_parameters(src):
                     row["target"] = sorted(sp["target"])
                 if sp.get("component"):
                     row["component"] = [
-                        {"definition": c["definition"].rsplit("/", 1)[-1], "expression": c["expression"]}
+                        {"definition": c["definition"].rsplit("/", 1)[-1], "expression": c["expression"],
+                         "type": by_url[c["definition"]]["type"]}
                         for c in sp["component"]
                     ]
                 out[t].append(row)

@@ -51,6 +51,16 @@ impl Issue {
         Self { severity: Severity::Error, code, diagnostics: diagnostics.into(), expression: Vec::new() }
     }
 
+    /// An informational issue (`Prefer: return=OperationOutcome`).
+    pub fn information(diagnostics: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Information,
+            code: IssueType::Informational,
+            diagnostics: diagnostics.into(),
+            expression: Vec::new(),
+        }
+    }
+
     /// An error issue located at `expression`.
     pub fn at(code: IssueType, expression: impl Into<String>, diagnostics: impl Into<String>) -> Self {
         let expression = expression.into();

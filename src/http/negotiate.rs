@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
 use crate::error::{AppError, FHIR_JSON};
-use crate::fhir::outcome::{operation_outcome, Issue, IssueType, Severity};
+use crate::fhir::outcome::{operation_outcome, Issue, IssueType};
 use crate::fhir::{format_http_date, registry::ResourceType};
 use crate::store::Version;
 
@@ -190,12 +190,10 @@ pub fn resource_response(
         Return::Representation => format.respond(status, content),
         Return::Minimal => status.into_response(),
         Return::OperationOutcome => {
-            let issue = Issue {
-                severity: Severity::Information,
-                code: IssueType::Informational,
-                diagnostics: format!("{}/{} version {} stored", version.resource_type, version.id, version.version_id),
-                expression: Vec::new(),
-            };
+            let issue = Issue::information(format!(
+                "{}/{} version {} stored",
+                version.resource_type, version.id, version.version_id
+            ));
             format.respond(status, operation_outcome(&[issue]).to_string())
         }
     };

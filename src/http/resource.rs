@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::negotiate::{etag, if_match, resource_response, FhirJson, Format, Return};
 use crate::error::AppError;
-use crate::fhir::outcome::{operation_outcome, Issue, IssueType, Severity};
+use crate::fhir::outcome::{operation_outcome, Issue, IssueType};
 use crate::fhir::registry::ResourceType;
 use crate::fhir::search::index::IndexEntry;
 use crate::fhir::search::query::{self, Filter};
@@ -249,12 +249,7 @@ pub async fn delete(
         _ => (format!("{}/{} does not exist or is already deleted; nothing to do", target.ty, target.id), None),
     };
     let mut response = if ret == Return::OperationOutcome {
-        let issue = Issue {
-            severity: Severity::Information,
-            code: IssueType::Informational,
-            diagnostics: text,
-            expression: vec![],
-        };
+        let issue = Issue::information(text);
         format.respond(StatusCode::OK, operation_outcome(&[issue]).to_string())
     } else {
         StatusCode::NO_CONTENT.into_response()

@@ -119,6 +119,9 @@ async fn search(
     if let Some(next) = &page.next {
         bundle = bundle.link("next", page_url(base, ty, &pairs, Some(next)));
     }
+    if let Some(previous) = &page.previous {
+        bundle = bundle.link("previous", page_url(base, ty, &pairs, Some(previous)));
+    }
     let shaped: Vec<Box<RawValue>> = page.matches.iter().chain(&included).map(|v| shape(state, v, &q)).collect();
     let outcome = (!q.ignored.is_empty()).then(|| {
         let issue = Issue {

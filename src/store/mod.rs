@@ -184,8 +184,10 @@ pub enum Counting {
 #[derive(Debug)]
 pub struct SearchPage {
     pub matches: Vec<Version>,
-    /// The position after the last match, when more may follow.
+    /// The cursor of the next page, when more may follow.
     pub next: Option<String>,
+    /// The cursor of the previous page, when this is not the first.
+    pub previous: Option<String>,
     pub total: Option<i64>,
 }
 
@@ -211,6 +213,8 @@ macro_rules! bind_all {
                 Bind::OptText(s) => q.bind(s.as_deref()),
                 Bind::Int(i) => q.bind(*i),
                 Bind::Float(f) => q.bind(*f),
+                Bind::OptInt(i) => q.bind(*i),
+                Bind::OptFloat(f) => q.bind(*f),
             };
         }
         q
@@ -563,33 +567,49 @@ impl Store {
         counting: Counting,
     ) -> Result<SearchPage, SearchError> {
         let now = fhir::now_millis();
-        let position: Option<Vec<Value>> = match after {
-            Some(text) => Some(serde_json::from_str(text).map_err(|_| SearchError::BadCursor)?),
-            None => None,
+        // A cursor is `n` (the page after) or `p` (the page before) and the sort key of the row
+        // it starts from, as a JSON array.
+        let (position, backward): (Option<Vec<Value>>, bool) = match after {
+            Some(text) => {
+                let (direction, key) = text.split_at_checked(1).ok_or(SearchError::BadCursor)?;
+                let backward = match direction {
+                    "n" => false,
+                    "p" => true,
+                    _ => return Err(SearchError::BadCursor),
+                };
+                (Some(serde_json::from_str(key).map_err(|_| SearchError::BadCursor)?), backward)
+            }
+            None => (None, false),
         };
         let limit = i64::from(q.count);
         Ok(on_db!(self, reader, |pool, dialect| {
             let mut matches = Vec::new();
-            let mut next = None;
+            let (mut next, mut previous) = (None, None);
             if limit > 0 {
                 let sql = Compiler::new(dialect, now)
-                    .page(ty.as_str(), &q.filters, &q.sort, position.as_deref(), limit + 1)
+                    .page(ty.as_str(), &q.filters, &q.sort, position.as_deref(), backward, limit + 1)
                     .map_err(|_| SearchError::BadCursor)?;
-                let rows: Vec<SearchRow> = bind_all!(sqlx::query_as(&sql.text).persistent(false), sql)
+                let mut rows: Vec<SearchRow> = bind_all!(sqlx::query_as(&sql.text).persistent(false), sql)
                     .fetch_all(pool)
                     .await
                     .map_err(StoreError::from)?;
                 let more = rows.len() as i64 > limit;
-                for (i, row) in rows.into_iter().enumerate() {
-                    if (i as i64) < limit {
-                        if more && i as i64 == limit - 1 {
-                            next = Some(row.sort_key.clone());
-                        }
-                        matches.push(row.version);
-                    }
+                rows.truncate(limit as usize);
+                if backward {
+                    rows.reverse();
                 }
+                // Going forward, more rows mean a next page, and a cursor means a previous one;
+                // going backward, the other way round.
+                let (has_next, has_previous) = if backward { (true, more) } else { (more, position.is_some()) };
+                if has_next {
+                    next = rows.last().map(|r| format!("n{}", r.sort_key));
+                }
+                if has_previous {
+                    previous = rows.first().map(|r| format!("p{}", r.sort_key));
+                }
+                matches = rows.into_iter().map(|r| r.version).collect();
             }
-            let complete = next.is_none() && after.is_none() && limit > 0;
+            let complete = next.is_none() && position.is_none() && limit > 0;
             let cap = match counting {
                 Counting::None => None,
                 Counting::IfComplete | Counting::UpTo(_) if complete => None,
@@ -610,7 +630,7 @@ impl Store {
                 None if complete && counting != Counting::None => Some(matches.len() as i64),
                 None => None,
             };
-            SearchPage { matches, next, total }
+            SearchPage { matches, next, previous, total }
         }))
     }
 

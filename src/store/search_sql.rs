@@ -21,6 +21,8 @@ pub enum Bind {
     OptText(Option<String>),
     Int(i64),
     Float(f64),
+    OptInt(Option<i64>),
+    OptFloat(Option<f64>),
 }
 
 /// SQL text with its binds.
@@ -67,10 +69,12 @@ pub enum Table {
     Number,
     Reference,
     Uri,
+    Composite,
 }
 
 impl Table {
-    pub const ALL: [Table; 6] = [Table::Token, Table::String, Table::Date, Table::Number, Table::Reference, Table::Uri];
+    pub const ALL: [Table; 7] =
+        [Table::Token, Table::String, Table::Date, Table::Number, Table::Reference, Table::Uri, Table::Composite];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -80,6 +84,7 @@ impl Table {
             Self::Number => "search_number",
             Self::Reference => "search_reference",
             Self::Uri => "search_uri",
+            Self::Composite => "search_composite",
         }
     }
 
@@ -91,7 +96,8 @@ impl Table {
             (ParamKind::Date, _) => Self::Date,
             (ParamKind::Number | ParamKind::Quantity, _) => Self::Number,
             (ParamKind::Reference, _) => Self::Reference,
-            (ParamKind::Uri | ParamKind::Composite | ParamKind::Special, _) => Self::Uri,
+            (ParamKind::Composite, _) => Self::Composite,
+            (ParamKind::Uri | ParamKind::Special, _) => Self::Uri,
         }
     }
 
@@ -103,6 +109,7 @@ impl Table {
             Self::Number => "value, system, code",
             Self::Reference => "target_type, target_id, url",
             Self::Uri => "value",
+            Self::Composite => "c1_system, c1_code, system, code, display, value, low, high, normalized, exact",
         }
     }
 
@@ -114,6 +121,7 @@ impl Table {
             IndexValue::Number { .. } => Self::Number,
             IndexValue::Reference { .. } => Self::Reference,
             IndexValue::Uri(_) => Self::Uri,
+            IndexValue::Composite { .. } => Self::Composite,
         }
     }
 }
@@ -160,6 +168,26 @@ fn value_binds(value: &IndexValue) -> Vec<Bind> {
         IndexValue::Number { value, system, code } => vec![Bind::Float(*value), t(system), t(code)],
         IndexValue::Reference { target_type, target_id, url } => vec![t(target_type), t(target_id), t(url)],
         IndexValue::Uri(v) => vec![Bind::Text(v.clone())],
+        IndexValue::Composite { system, code, second } => {
+            // system, code, display, value, low, high, normalized, exact: those of the second
+            // component's type are filled.
+            let none = || Bind::OptText(None);
+            let (mut sys, mut cod, mut display, mut value) = (none(), none(), none(), Bind::OptFloat(None));
+            let (mut low, mut high, mut normalized, mut exact) =
+                (Bind::OptInt(None), Bind::OptInt(None), none(), none());
+            match second.as_ref() {
+                IndexValue::Token { system, code, display: d, .. } => (sys, cod, display) = (t(system), t(code), t(d)),
+                IndexValue::Number { value: v, system, code } => {
+                    (value, sys, cod) = (Bind::OptFloat(Some(*v)), t(system), t(code))
+                }
+                IndexValue::Date { low: l, high: h } => (low, high) = (Bind::OptInt(Some(*l)), Bind::OptInt(Some(*h))),
+                IndexValue::String { normalized: n, exact: e } => {
+                    (normalized, exact) = (Bind::Text(n.clone()), Bind::Text(e.clone()))
+                }
+                _ => {}
+            }
+            vec![t(system), Bind::Text(code.clone()), sys, cod, display, value, low, high, normalized, exact]
+        }
     }
 }
 
@@ -221,12 +249,16 @@ impl<'a> Compiler<'a> {
 
     /// `SELECT <version columns>, <sort key> … LIMIT limit`, after the position `after` (the sort
     /// key values of the last row of the previous page).
+    ///
+    /// With `backward`, the page is the one *before* the position, in reverse order (the caller
+    /// turns it around), for `previous` links.
     pub fn page(
         mut self,
         ty: &str,
         filters: &[Filter],
         sort: &[SortKey],
         after: Option<&[serde_json::Value]>,
+        backward: bool,
         limit: i64,
     ) -> Result<Sql, String> {
         let keys: Vec<(String, bool, ParamKind)> =
@@ -244,17 +276,14 @@ impl<'a> Compiler<'a> {
                 return Err("the cursor does not fit this search".into());
             }
             self.sql.push(" AND ");
-            self.after(&keys, after, 0)?;
+            self.after(&keys, after, 0, backward)?;
         }
         self.sql.push(" ORDER BY ");
-        for (i, (param, desc, kind)) in keys.iter().enumerate() {
+        for (param, desc, kind) in &keys {
             self.sort_expr("r0", param, *desc, *kind);
-            self.sql.push(if *desc { " DESC" } else { " ASC" });
-            if i + 1 < keys.len() || !keys.is_empty() {
-                self.sql.push(", ");
-            }
+            self.sql.push(if *desc != backward { " DESC, " } else { " ASC, " });
         }
-        self.sql.push("r0.id ASC LIMIT ").bind(Bind::Int(limit));
+        self.sql.push(if backward { "r0.id DESC LIMIT " } else { "r0.id ASC LIMIT " }).bind(Bind::Int(limit));
         Ok(self.sql)
     }
 
@@ -320,13 +349,41 @@ impl<'a> Compiler<'a> {
         let _ = write!(self.sql.text, "{alias}.resource_type IN ");
         self.sql.list(types);
         let _ = write!(self.sql.text, " AND NOT {alias}.deleted");
-        for f in filters {
+        // One filter drives the lookup (`id IN (…)`, evaluated once); the others are probes
+        // per candidate (`EXISTS (…)` on the owner index). Left to itself SQLite would build every
+        // `IN` set in full, however broad (`status=active`); PostgreSQL plans both forms as
+        // semi-joins either way. An `_id` filter drives by the primary key.
+        let driver = if filters.iter().any(|f| matches!(f, Filter::Id(_))) {
+            None
+        } else {
+            filters.iter().enumerate().filter_map(|(i, f)| drive_rank(f).map(|r| (r, i))).min().map(|(_, i)| i)
+        };
+        for (i, f) in filters.iter().enumerate() {
             self.sql.push(" AND ");
-            self.condition(alias, types, f);
+            self.condition(alias, types, f, driver == Some(i));
         }
     }
 
-    fn condition(&mut self, alias: &str, types: &[String], filter: &Filter) {
+    /// Opens a subquery over index table `table` (alias `v`) restricted to the rows of the
+    /// resource at `alias`: `alias.id IN (SELECT v.resource_id … WHERE …` when it drives,
+    /// `[NOT] EXISTS (SELECT 1 … WHERE <same resource> …` otherwise. The caller closes it.
+    fn open_subquery(&mut self, alias: &str, types: &[String], table: &str, v: &str, drive: bool, negate: bool) {
+        if drive && !negate {
+            let _ = write!(
+                self.sql.text,
+                "{alias}.id IN (SELECT {v}.resource_id FROM {table} {v} WHERE {v}.resource_type IN "
+            );
+            self.sql.list(types);
+        } else {
+            let _ = write!(
+                self.sql.text,
+                "{}EXISTS (SELECT 1 FROM {table} {v} WHERE {v}.resource_type = {alias}.resource_type AND {v}.resource_id = {alias}.id",
+                if negate { "NOT " } else { "" }
+            );
+        }
+    }
+
+    fn condition(&mut self, alias: &str, types: &[String], filter: &Filter, drive: bool) {
         match filter {
             Filter::Id(ids) => {
                 let _ = write!(self.sql.text, "{alias}.id IN ");
@@ -341,24 +398,13 @@ impl<'a> Compiler<'a> {
             }
             Filter::Missing { param, kind, missing } => {
                 let table = Table::of(*kind, &Modifier::None);
-                let _ = write!(
-                    self.sql.text,
-                    "{alias}.id {} (SELECT v.resource_id FROM {} v WHERE v.resource_type IN ",
-                    if *missing { "NOT IN" } else { "IN" },
-                    table.name()
-                );
-                self.sql.list(types).push(" AND v.param = ").text(param.clone()).push(")");
+                self.open_subquery(alias, types, table.name(), "v", false, *missing);
+                self.sql.push(" AND v.param = ").text(param.clone()).push(")");
             }
             Filter::Test { param, kind, modifier, values } => {
                 let table = Table::of(*kind, modifier);
-                let negate = *modifier == Modifier::Not;
-                let _ = write!(
-                    self.sql.text,
-                    "{alias}.id {} (SELECT v.resource_id FROM {} v WHERE v.resource_type IN ",
-                    if negate { "NOT IN" } else { "IN" },
-                    table.name()
-                );
-                self.sql.list(types).push(" AND v.param = ").text(param.clone()).push(" AND (");
+                self.open_subquery(alias, types, table.name(), "v", drive, *modifier == Modifier::Not);
+                self.sql.push(" AND v.param = ").text(param.clone()).push(" AND (");
                 for (i, value) in values.iter().enumerate() {
                     if i > 0 {
                         self.sql.push(" OR ");
@@ -373,16 +419,8 @@ impl<'a> Compiler<'a> {
             Filter::Chain { param, target_types, inner } => {
                 self.depth += 1;
                 let inner_alias = format!("r{}", self.depth);
-                let _ = write!(
-                    self.sql.text,
-                    "{alias}.id IN (SELECT x.resource_id FROM search_reference x WHERE x.resource_type IN "
-                );
-                self.sql
-                    .list(types)
-                    .push(" AND x.param = ")
-                    .text(param.clone())
-                    .push(" AND x.target_type IN ")
-                    .list(target_types);
+                self.open_subquery(alias, types, "search_reference", "x", drive, false);
+                self.sql.push(" AND x.param = ").text(param.clone()).push(" AND x.target_type IN ").list(target_types);
                 let _ = write!(
                     self.sql.text,
                     " AND x.target_id IN (SELECT {inner_alias}.id FROM resources {inner_alias} WHERE "
@@ -393,16 +431,23 @@ impl<'a> Compiler<'a> {
             Filter::Has { source_type, param, inner } => {
                 self.depth += 1;
                 let inner_alias = format!("r{}", self.depth);
-                let _ = write!(
-                    self.sql.text,
-                    "{alias}.id IN (SELECT x.target_id FROM search_reference x WHERE x.resource_type = "
-                );
+                if drive {
+                    let _ = write!(
+                        self.sql.text,
+                        "{alias}.id IN (SELECT x.target_id FROM search_reference x WHERE x.target_type IN "
+                    );
+                    self.sql.list(types);
+                } else {
+                    let _ = write!(
+                        self.sql.text,
+                        "EXISTS (SELECT 1 FROM search_reference x WHERE x.target_type = {alias}.resource_type AND x.target_id = {alias}.id"
+                    );
+                }
                 self.sql
+                    .push(" AND x.resource_type = ")
                     .text(source_type.clone())
                     .push(" AND x.param = ")
-                    .text(param.clone())
-                    .push(" AND x.target_type IN ")
-                    .list(types);
+                    .text(param.clone());
                 let _ = write!(
                     self.sql.text,
                     " AND x.resource_id IN (SELECT {inner_alias}.id FROM resources {inner_alias} WHERE "
@@ -487,6 +532,21 @@ impl<'a> Compiler<'a> {
                     and(&mut self.sql, "v.url = ");
                     self.sql.text(u.clone());
                 }
+            }
+            SearchValue::Composite { system, code, second_kind, second } => {
+                self.sql.push("v.c1_code = ").text(code.clone());
+                match system {
+                    SystemMatch::Any => {}
+                    SystemMatch::Absent => {
+                        self.sql.push(" AND v.c1_system IS NULL");
+                    }
+                    SystemMatch::Is(s) => {
+                        self.sql.push(" AND v.c1_system = ").text(s.clone());
+                    }
+                }
+                self.sql.push(" AND (");
+                self.value_condition(*second_kind, &Modifier::None, second, "v.low", "v.high");
+                self.sql.push(")");
             }
             SearchValue::Uri(u) => match modifier {
                 Modifier::Below => {
@@ -617,10 +677,11 @@ impl<'a> Compiler<'a> {
         keys: &[(String, bool, ParamKind)],
         after: &[serde_json::Value],
         i: usize,
+        backward: bool,
     ) -> Result<(), String> {
         if i == keys.len() {
             let id = after[i].as_str().ok_or("bad cursor")?;
-            self.sql.push("r0.id > ").text(id);
+            self.sql.push(if backward { "r0.id < " } else { "r0.id > " }).text(id);
             return Ok(());
         }
         let (param, desc, kind) = &keys[i];
@@ -632,12 +693,27 @@ impl<'a> Compiler<'a> {
         };
         self.sql.push("(");
         self.sort_expr("r0", param, *desc, *kind);
-        self.sql.push(if *desc { " < " } else { " > " }).bind(bind.clone()).push(" OR (");
+        self.sql.push(if *desc != backward { " < " } else { " > " }).bind(bind.clone()).push(" OR (");
         self.sort_expr("r0", param, *desc, *kind);
         self.sql.push(" = ").bind(bind).push(" AND ");
-        self.after(keys, after, i + 1)?;
+        self.after(keys, after, i + 1, backward)?;
         self.sql.push("))");
         Ok(())
+    }
+}
+
+/// How well a filter narrows the candidates when it drives the lookup (lower is better), or
+/// `None` when it cannot drive (negations and `:missing` match by absence).
+fn drive_rank(filter: &Filter) -> Option<u8> {
+    match filter {
+        Filter::Test { modifier: Modifier::Not, .. } | Filter::Missing { .. } => None,
+        Filter::Id(_) | Filter::LastUpdated(_) => None,
+        Filter::Test { kind: ParamKind::Reference, .. } => Some(1),
+        Filter::Test { param, .. } if param == "identifier" => Some(1),
+        Filter::Chain { .. } => Some(2),
+        Filter::Test { kind: ParamKind::String | ParamKind::Composite, .. } | Filter::Has { .. } => Some(3),
+        Filter::Test { kind: ParamKind::Date | ParamKind::Number | ParamKind::Quantity, .. } => Some(4),
+        Filter::Test { .. } => Some(5),
     }
 }
 
@@ -664,7 +740,7 @@ mod tests {
             modifier: Modifier::Contains,
             values: vec![SearchValue::Text("o'brien%".into())],
         };
-        let sql = Compiler::new(&SQLITE, 0).page("Patient", &[filter], &[], None, 10).unwrap();
+        let sql = Compiler::new(&SQLITE, 0).page("Patient", &[filter], &[], None, false, 10).unwrap();
         assert!(!sql.text.contains("brien"), "{}", sql.text);
         assert!(sql.binds.contains(&Bind::Text("%o'brien\\%%".into())));
     }

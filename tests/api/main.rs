@@ -86,6 +86,8 @@ fn main() {
         search::post_search_and_parameter_errors,
         search::index_follows_updates_and_deletes,
         search::configured_page_size_and_count_cap,
+        search::previous_links_walk_back,
+        search::composite_parameters_pair_code_and_value,
     ];
 
     let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");

@@ -73,6 +73,7 @@ pub async fn metadata_lists_exactly_what_is_served(app: TestApp) {
                 "date" => "2024-01-01",
                 "number" | "quantity" => "1",
                 "reference" => "Patient/x",
+                "composite" => "c$2024",
                 _ => "x",
             };
             let r =

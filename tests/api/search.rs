@@ -438,3 +438,78 @@ pub async fn configured_page_size_and_count_cap(app: TestApp) {
     assert_eq!(small.get("CarePlan?_total=estimate&status=completed").await.json["total"], 1);
     assert!(small.get("CarePlan?_total=none&status=completed").await.json.get("total").is_none());
 }
+
+/// `previous` links walk back through the same pages, in the same order, for any sort.
+pub async fn previous_links_walk_back(app: TestApp) {
+    for i in 0..7 {
+        id_of(
+            &app,
+            json!({"resourceType": "Goal", "lifecycleStatus": "active",
+            "description": {"text": format!("goal {i}")}, "startDate": format!("2024-01-{:02}", 10 - i),
+            "subject": {"reference": "Group/g"}}),
+        )
+        .await;
+    }
+    let link = |bundle: &Value, rel: &str| {
+        bundle["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == rel)
+            .map(|l| l["url"].as_str().unwrap().strip_prefix(BASE).unwrap().trim_start_matches('/').to_owned())
+    };
+    for query in ["Goal?_count=3", "Goal?_count=3&_sort=-start-date", "Goal?_count=3&_sort=start-date"] {
+        let mut forward = Vec::new();
+        let mut url = query.to_owned();
+        let mut pages = Vec::new();
+        loop {
+            let r = app.get(&url).await;
+            let ids = matched(&r.json, "id");
+            forward.push(ids.clone());
+            pages.push(r.json.clone());
+            match link(&r.json, "next") {
+                Some(next) => url = next,
+                None => break,
+            }
+        }
+        assert_eq!(forward.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 1], "{query}");
+        assert!(link(&pages[0], "previous").is_none(), "the first page has no previous");
+        // From the last page back to the first.
+        let mut back = vec![forward[2].clone()];
+        let mut bundle = pages[2].clone();
+        while let Some(previous) = link(&bundle, "previous") {
+            bundle = app.get(&previous).await.json;
+            back.push(matched(&bundle, "id"));
+        }
+        back.reverse();
+        assert_eq!(back, forward, "{query}");
+    }
+}
+
+/// Composite parameters pair a code with a value of the same element (search.html#composite).
+pub async fn composite_parameters_pair_code_and_value(app: TestApp) {
+    let d = load(&app).await;
+    // A blood-pressure-like observation with components, to tell combo and component apart.
+    let bp = id_of(
+        &app,
+        json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "subject": {"reference": format!("Patient/{}", d.bob)},
+        "component": [
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]}, "valueQuantity": {"value": 150}},
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]}, "valueQuantity": {"value": 95}}]}),
+    )
+    .await;
+    let q = |s: &str| format!("Observation?{s}");
+    assert_eq!(ids(&app, &q("code-value-quantity=http://loinc.org|44261-6$gt10")).await, set(&[&d.phq9]));
+    assert!(ids(&app, &q("code-value-quantity=http://loinc.org|44261-6$gt20")).await.is_empty());
+    assert_eq!(ids(&app, &q("code-value-quantity=44261-6$le4")).await.len(), 1, "code without system");
+    // The code and the value must come from the same component.
+    assert_eq!(ids(&app, &q("component-code-value-quantity=http://loinc.org|8480-6$gt140")).await, set(&[&bp]));
+    assert!(ids(&app, &q("component-code-value-quantity=http://loinc.org|8462-4$gt140")).await.is_empty());
+    assert_eq!(ids(&app, &q("combo-code-value-quantity=http://loinc.org|8462-4$95")).await, set(&[&bp]));
+    assert_eq!(ids(&app, &q("combo-code-value-quantity=http://loinc.org|44261-6$17")).await, set(&[&d.phq9]));
+    let r = app.get(&q("code-value-quantity=44261-6")).await;
+    r.expect(400);
+    assert_eq!(r.issue_expressions(), ["code-value-quantity"]);
+}

@@ -40,6 +40,12 @@ pub enum IndexValue {
         url: Option<String>,
     },
     Uri(String),
+    /// A composite row: the first component's code with one value of the second.
+    Composite {
+        system: Option<String>,
+        code: String,
+        second: Box<IndexValue>,
+    },
 }
 
 /// An index row: a parameter code and a value.

@@ -19,7 +19,7 @@ use path::Expr;
 const R4_SEARCH_PARAMETERS: &str = include_str!("../definitions/search-parameters.json");
 
 /// Bumped whenever extraction changes, so that stored indexes are rebuilt at start-up.
-pub const INDEX_VERSION: i64 = 2;
+pub const INDEX_VERSION: i64 = 3;
 
 /// A search parameter's type (SearchParameter.type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -61,6 +61,23 @@ pub struct SearchParam {
     /// Resource types a reference parameter may point at.
     pub targets: Vec<String>,
     pub description: String,
+    /// The parts of a composite parameter, evaluated on each node its expression reaches.
+    pub components: Vec<Component>,
+}
+
+/// A part of a composite parameter: the type of the parameter it stands for, and its
+/// expression relative to the composite's node.
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub kind: ParamKind,
+    pub expression: Expr,
+}
+
+#[derive(Deserialize)]
+struct RawComponent {
+    #[serde(rename = "type")]
+    kind: ParamKind,
+    expression: String,
 }
 
 #[derive(Deserialize)]
@@ -72,6 +89,8 @@ struct RawParam {
     #[serde(default)]
     target: Vec<String>,
     description: String,
+    #[serde(default)]
+    component: Vec<RawComponent>,
 }
 
 /// A parameter R4 defines that Liaison does not offer, with the reason.
@@ -101,10 +120,36 @@ impl SearchParams {
             for p in raw.get(*ty).into_iter().flatten() {
                 let refuse =
                     |reason: String| Unsupported { resource_type: (*ty).to_owned(), code: p.code.clone(), reason };
-                if matches!(p.kind, ParamKind::Composite | ParamKind::Special) {
-                    unsupported.push(refuse(format!("{} parameters are not supported yet", p.kind.as_str())));
+                if p.kind == ParamKind::Special {
+                    unsupported.push(refuse("special parameters are not supported".into()));
                     continue;
                 }
+                let components: Result<Vec<Component>, String> = p
+                    .component
+                    .iter()
+                    .map(|c| Ok(Component { kind: c.kind, expression: path::parse(&c.expression)? }))
+                    .collect();
+                let supported_composite = p.component.len() == 2
+                    && p.component[0].kind == ParamKind::Token
+                    && matches!(
+                        p.component[1].kind,
+                        ParamKind::Token
+                            | ParamKind::Quantity
+                            | ParamKind::Number
+                            | ParamKind::Date
+                            | ParamKind::String
+                    );
+                if p.kind == ParamKind::Composite && !supported_composite {
+                    unsupported.push(refuse("only composites of a code and a value are supported".into()));
+                    continue;
+                }
+                let components = match components {
+                    Ok(c) => c,
+                    Err(why) => {
+                        unsupported.push(refuse(format!("component expression not supported: {why}")));
+                        continue;
+                    }
+                };
                 match path::parse(&p.expression) {
                     Ok(expression) => params.push(SearchParam {
                         code: p.code.clone(),
@@ -112,6 +157,7 @@ impl SearchParams {
                         expression,
                         targets: p.target.clone(),
                         description: p.description.clone(),
+                        components,
                     }),
                     Err(why) => unsupported.push(refuse(format!("expression not supported: {why}"))),
                 }
@@ -144,19 +190,54 @@ impl SearchParams {
                 continue;
             }
             for node in path::evaluate(defs, &p.expression, resource, ty) {
-                let nodes = if node.ty == "Extension" { path::children(defs, node, "value") } else { vec![node] };
-                for node in nodes {
-                    for value in index::values(p.kind, node, base_url) {
-                        let entry = IndexEntry { param: p.code.clone(), value };
-                        if !out.contains(&entry) {
-                            out.push(entry);
-                        }
+                let values = if p.kind == ParamKind::Composite {
+                    composite_values(defs, p, node, base_url)
+                } else {
+                    node_values(defs, p.kind, node, base_url)
+                };
+                for value in values {
+                    let entry = IndexEntry { param: p.code.clone(), value };
+                    if !out.contains(&entry) {
+                        out.push(entry);
                     }
                 }
             }
         }
         out
     }
+}
+
+/// The index values of one node (an extension stands for its value).
+fn node_values(defs: &Definitions, kind: ParamKind, node: path::Node, base_url: &str) -> Vec<index::IndexValue> {
+    let nodes = if node.ty == "Extension" { path::children(defs, node, "value") } else { vec![node] };
+    nodes.into_iter().flat_map(|n| index::values(kind, n, base_url)).collect()
+}
+
+/// Composite rows of one node: each code of the first component with each value of the second,
+/// both taken from this node, so that they belong together.
+fn composite_values(defs: &Definitions, p: &SearchParam, node: path::Node, base_url: &str) -> Vec<index::IndexValue> {
+    let [first, second] = p.components.as_slice() else { return Vec::new() };
+    let codes: Vec<index::IndexValue> = path::evaluate_relative(defs, &first.expression, node)
+        .into_iter()
+        .flat_map(|n| node_values(defs, first.kind, n, base_url))
+        .collect();
+    let values: Vec<index::IndexValue> = path::evaluate_relative(defs, &second.expression, node)
+        .into_iter()
+        .flat_map(|n| node_values(defs, second.kind, n, base_url))
+        .collect();
+    let mut out = Vec::new();
+    for code in &codes {
+        if let index::IndexValue::Token { system, code: Some(code), .. } = code {
+            for value in &values {
+                out.push(index::IndexValue::Composite {
+                    system: system.clone(),
+                    code: code.clone(),
+                    second: Box::new(value.clone()),
+                });
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -171,8 +252,9 @@ mod tests {
         let not: Vec<String> =
             params.unsupported().iter().map(|u| format!("{}.{}: {}", u.resource_type, u.code, u.reason)).collect();
         assert!(offered >= 280, "{offered} offered");
-        // Composite parameters (Observation code-value-*) and Patient.deceased's boolean expression.
-        assert!(not.len() <= 16, "{not:#?}");
+        // Only Patient.deceased, whose expression is a boolean test, is not offered.
+        assert_eq!(not.len(), 1, "{not:#?}");
+        assert_eq!(offered, 307);
         for code in [
             "patient",
             "subject",

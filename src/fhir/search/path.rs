@@ -253,6 +253,20 @@ pub fn evaluate<'a>(defs: &'a Definitions, expr: &Expr, resource: &'a Value, res
     out
 }
 
+/// Evaluates a component expression (`code`, `value.as(Quantity)`) relative to `node`: a
+/// leading name is a child of the node, not a type.
+pub fn evaluate_relative<'a>(defs: &'a Definitions, expr: &Expr, node: Node<'a>) -> Vec<Node<'a>> {
+    match expr {
+        Expr::Union(terms) => terms.iter().flat_map(|t| evaluate_relative(defs, t, node)).collect(),
+        Expr::Path { root, steps } => {
+            let mut all = vec![Step::Child(root.clone())];
+            all.extend(steps.iter().cloned());
+            apply_steps(defs, vec![node], &all)
+        }
+        Expr::Sub { inner, steps } => apply_steps(defs, evaluate_relative(defs, inner, node), steps),
+    }
+}
+
 fn eval_into<'a>(defs: &'a Definitions, expr: &Expr, root: Node<'a>, out: &mut Vec<Node<'a>>) {
     match expr {
         Expr::Union(terms) => terms.iter().for_each(|t| eval_into(defs, t, root, out)),
@@ -273,7 +287,8 @@ fn apply_steps<'a>(defs: &'a Definitions, mut nodes: Vec<Node<'a>>, steps: &[Ste
     for step in steps {
         nodes = match step {
             Step::Child(name) => nodes.iter().flat_map(|n| children(defs, *n, name)).collect(),
-            Step::OfType(ty) => nodes.into_iter().filter(|n| n.ty == ty).collect(),
+            // Case-insensitive: R4's own composites write `value.as(DateTime)`.
+            Step::OfType(ty) => nodes.into_iter().filter(|n| n.ty.eq_ignore_ascii_case(ty)).collect(),
             Step::WhereResolveIs(ty) => {
                 nodes.into_iter().filter(|n| reference_type(n.value) == Some(ty.as_str())).collect()
             }

@@ -71,6 +71,13 @@ pub enum SearchValue {
         url: Option<String>,
     },
     Uri(String),
+    /// `code$value` of a composite: a token, and a value of the second component's type.
+    Composite {
+        system: SystemMatch,
+        code: String,
+        second_kind: ParamKind,
+        second: Box<SearchValue>,
+    },
 }
 
 /// A modifier (search.html#modifiers).
@@ -359,7 +366,11 @@ fn parse_filter(
     }
     let mut values = Vec::with_capacity(raw_values.len());
     for v in &raw_values {
-        values.push(parse_value(p.kind, &modifier, v, base_url).map_err(|reason| err(name, reason))?);
+        let value = match p.kind {
+            ParamKind::Composite => parse_composite(&p.components, v, base_url),
+            kind => parse_value(kind, &modifier, v, base_url),
+        };
+        values.push(value.map_err(|reason| err(name, reason))?);
     }
     if code == "_lastUpdated" {
         if values.len() != 1 {
@@ -448,6 +459,20 @@ fn parse_number(text: &str) -> Option<(f64, f64, f64)> {
     let decimals = mantissa.split_once('.').map_or(0, |(_, f)| f.len() as i32);
     let half = 0.5 * 10f64.powi(exponent - decimals);
     Some((value, value - half, value + half))
+}
+
+/// `system|code$value` (search.html#composite): the code, and the value in the syntax of the
+/// second component's type.
+fn parse_composite(components: &[super::Component], v: &str, base_url: &str) -> Result<SearchValue, String> {
+    let [_, second] = components else { return Err("this composite is not supported".into()) };
+    let (code, value) = v.split_once('$').ok_or("a composite value is code$value")?;
+    let SearchValue::Token { system, code: Some(code) } =
+        parse_value(ParamKind::Token, &Modifier::None, code, base_url)?
+    else {
+        return Err("the first part of a composite value needs a code".into());
+    };
+    let second_value = parse_value(second.kind, &Modifier::None, value, base_url)?;
+    Ok(SearchValue::Composite { system, code, second_kind: second.kind, second: Box::new(second_value) })
 }
 
 fn parse_value(kind: ParamKind, modifier: &Modifier, v: &str, base_url: &str) -> Result<SearchValue, String> {
