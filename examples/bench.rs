@@ -39,10 +39,13 @@ struct Args {
     /// Requests per workload.
     #[arg(long, default_value_t = 4000)]
     requests: usize,
-    /// PostgreSQL only: measure the `liaison_bench` database a previous run loaded with the same
-    /// `--patients`, without loading again.
+    /// Measure a database a previous run loaded with the same `--patients`, without loading
+    /// again: PostgreSQL's `liaison_bench`, or the SQLite file given by `--sqlite-file`.
     #[arg(long)]
     reuse: bool,
+    /// The SQLite database file (default: a fresh one in a temporary directory).
+    #[arg(long)]
+    sqlite_file: Option<std::path::PathBuf>,
     /// Internal: run as the server, on this database URL.
     #[arg(long, hide = true)]
     serve: Option<String>,
@@ -102,10 +105,13 @@ impl Target {
 
 async fn run(args: Args) {
     let (database_url, _guard) = match args.engine.as_str() {
-        "sqlite" => {
-            let dir = tempfile::tempdir().expect("temporary directory");
-            (format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display()), Some(dir))
-        }
+        "sqlite" => match &args.sqlite_file {
+            Some(file) => (format!("sqlite://{}?mode=rwc", file.display()), None),
+            None => {
+                let dir = tempfile::tempdir().expect("temporary directory");
+                (format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display()), Some(dir))
+            }
+        },
         "postgres" => {
             use sqlx::Connection;
             if !args.reuse {
@@ -142,7 +148,7 @@ async fn run(args: Args) {
         args.concurrency,
         args.requests
     );
-    if args.reuse && args.engine == "postgres" {
+    if args.reuse {
         println!("load: reusing the loaded database");
     } else {
         let started = Instant::now();

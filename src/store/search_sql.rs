@@ -703,7 +703,8 @@ impl<'a> Compiler<'a> {
 }
 
 /// How well a filter narrows the candidates when it drives the lookup (lower is better), or
-/// `None` when it cannot drive (negations and `:missing` match by absence).
+/// `None` when it should not drive (negations and `:missing` match by absence; see below for
+/// ranges and codes).
 fn drive_rank(filter: &Filter) -> Option<u8> {
     match filter {
         Filter::Test { modifier: Modifier::Not, .. } | Filter::Missing { .. } => None,
@@ -712,8 +713,10 @@ fn drive_rank(filter: &Filter) -> Option<u8> {
         Filter::Test { param, .. } if param == "identifier" => Some(1),
         Filter::Chain { .. } => Some(2),
         Filter::Test { kind: ParamKind::String | ParamKind::Composite, .. } | Filter::Has { .. } => Some(3),
-        Filter::Test { kind: ParamKind::Date | ParamKind::Number | ParamKind::Quantity, .. } => Some(4),
-        Filter::Test { .. } => Some(5),
+        // Ranges and plain codes often match a large share of a type: scanning the type in id
+        // order and probing each candidate stops after one page, where building their set
+        // would not.
+        Filter::Test { .. } => None,
     }
 }
 
