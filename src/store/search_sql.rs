@@ -349,10 +349,11 @@ impl<'a> Compiler<'a> {
         let _ = write!(self.sql.text, "{alias}.resource_type IN ");
         self.sql.list(types);
         let _ = write!(self.sql.text, " AND NOT {alias}.deleted");
-        // One filter drives the lookup (`id IN (…)`, evaluated once); the others are probes
-        // per candidate (`EXISTS (…)` on the owner index). Left to itself SQLite would build every
-        // `IN` set in full, however broad (`status=active`); PostgreSQL plans both forms as
-        // semi-joins either way. An `_id` filter drives by the primary key.
+        // Where the dialect asks for it (SQLite), one selective filter drives the lookup
+        // (`id IN (…)`, evaluated once) and the others probe each candidate (`EXISTS (…)` on the
+        // owner index); otherwise every filter is a set and the planner combines them. An `_id`
+        // filter drives by the primary key.
+        let all_sets = !self.dialect.probe_filters;
         let driver = if filters.iter().any(|f| matches!(f, Filter::Id(_))) {
             None
         } else {
@@ -360,7 +361,8 @@ impl<'a> Compiler<'a> {
         };
         for (i, f) in filters.iter().enumerate() {
             self.sql.push(" AND ");
-            self.condition(alias, types, f, driver == Some(i));
+            let drive = all_sets || driver == Some(i);
+            self.condition(alias, types, f, drive && !matches!(f, Filter::Missing { .. }));
         }
     }
 

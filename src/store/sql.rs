@@ -9,6 +9,10 @@ pub struct Dialect {
     /// Reads the current version for a write; on PostgreSQL it also locks the row, so that
     /// concurrent writers of one resource queue instead of racing.
     pub select_current_for_write: &'static str,
+    /// Whether search filters other than the most selective one are written as per-candidate
+    /// probes (`EXISTS`) instead of sets (`id IN (…)`): SQLite builds every `IN` set in full,
+    /// PostgreSQL's planner chooses well between both on its own.
+    pub probe_filters: bool,
     /// Opens and closes a JSON array of SQL values, as text (search paging keys).
     pub json_array_open: &'static str,
     pub json_array_close: &'static str,
@@ -23,6 +27,7 @@ pub const SQLITE: Dialect = Dialect {
     begin_write: "BEGIN IMMEDIATE",
     lock_condition: "SELECT $1",
     select_current_for_write: SELECT_CURRENT_VERSION,
+    probe_filters: true,
     json_array_open: "json_array(",
     json_array_close: ")",
     reference_exists: "SELECT version_id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted",
@@ -34,6 +39,7 @@ pub const POSTGRES: Dialect = Dialect {
     lock_condition: "SELECT pg_advisory_xact_lock($1)",
     select_current_for_write:
         "SELECT version_id, deleted, last_updated FROM resources WHERE resource_type = $1 AND id = $2 FOR UPDATE",
+    probe_filters: false,
     json_array_open: "json_build_array(",
     json_array_close: ")::text",
     reference_exists: "SELECT version_id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted FOR SHARE",
