@@ -41,15 +41,12 @@ pub async fn build_state(config: &Config) -> Result<AppState, store::StoreError>
     let registry = fhir::registry::Registry::r4();
     let base_url = config.base_url();
     // Index rows and links of resources stored by an older version are rebuilt once.
-    let derive = |ty: &str, resource: &serde_json::Value| store::Derived {
-        index: registry.search.extract(&registry.definitions, ty, resource, &base_url),
-        references: resource
+    let derive = |ty: &str, resource: &serde_json::Value| {
+        let references = resource
             .as_object()
             .map(|r| fhir::validate::validate(&registry.definitions, r).references)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| registry.resource_type(&r.resource_type).is_some())
-            .collect(),
+            .unwrap_or_default();
+        registry.derive(ty, resource, references, &base_url)
     };
     let rebuilt = store.reindex_if_needed(&derive).await?;
     if rebuilt > 0 {

@@ -5,8 +5,12 @@
 //! extract its search parameters); its structure and search parameters come from the R4
 //! definitions.
 
+use serde_json::Value;
+
 use super::definitions::Definitions;
+use super::search::index::IndexEntry;
 use super::search::SearchParams;
+use super::validate::LocalReference;
 
 /// The resource types this server holds, in CapabilityStatement order.
 pub const SUPPORTED_TYPES: &[&str] = &[
@@ -65,8 +69,26 @@ impl Registry {
         SUPPORTED_TYPES.iter().find(|t| **t == name).map(|t| ResourceType(t))
     }
 
+    /// What a stored resource of type `ty` brings besides its content: its search index entries,
+    /// and those of its local `references` (from validation) that point at served types, which
+    /// the store resolves and records. Writes and the start-up re-index both use it.
+    pub fn derive(&self, ty: &str, resource: &Value, references: Vec<LocalReference>, base_url: &str) -> Derived {
+        Derived {
+            index: self.search.extract(&self.definitions, ty, resource, base_url),
+            references: references.into_iter().filter(|r| self.resource_type(&r.resource_type).is_some()).collect(),
+        }
+    }
+
     /// All supported types.
     pub fn types(&self) -> impl Iterator<Item = ResourceType> {
         SUPPORTED_TYPES.iter().map(|t| ResourceType(t))
     }
+}
+
+/// What the server derives from a resource it stores: search index entries and the local
+/// references to served types.
+#[derive(Debug, Default)]
+pub struct Derived {
+    pub index: Vec<IndexEntry>,
+    pub references: Vec<LocalReference>,
 }

@@ -146,14 +146,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Return {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
-        let prefs = parts.headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok());
-        let wanted = prefs.flat_map(|v| v.split([',', ';'])).find_map(|p| p.trim().strip_prefix("return="));
+        let wanted = prefer_tokens(&parts.headers).find_map(|p| p.strip_prefix("return="));
         Ok(match wanted.map(|w| w.trim_matches('"')) {
             Some("minimal") => Self::Minimal,
             Some("OperationOutcome") => Self::OperationOutcome,
             _ => Self::Representation,
         })
     }
+}
+
+/// The preferences of all `Prefer` headers (RFC 7240), e.g. `return=minimal`, `handling=strict`.
+pub fn prefer_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split([',', ';'])).map(str::trim)
 }
 
 /// The version named by `If-Match` (`W/"3"`), if the header is present.

@@ -13,11 +13,10 @@ use super::negotiate::{etag, if_match, resource_response, FhirJson, Format, Retu
 use crate::error::AppError;
 use crate::fhir::outcome::{operation_outcome, Issue, IssueType};
 use crate::fhir::registry::ResourceType;
-use crate::fhir::search::index::IndexEntry;
 use crate::fhir::search::query::{self, Filter};
 use crate::fhir::{primitives, validate};
 use crate::state::AppState;
-use crate::store::{Version, WriteExtras, Written};
+use crate::store::{Derived, Version, Written};
 
 /// The resource addressed by the URL: a supported type, and an id and version where the route
 /// has them.
@@ -72,27 +71,15 @@ impl FromRequestParts<AppState> for Target {
     }
 }
 
-/// What a valid resource brings to its write: the local references to supported types (which
-/// the store resolves in the write's transaction) and its search index entries.
-pub struct Checked {
-    pub references: Vec<validate::LocalReference>,
-    pub index: Vec<IndexEntry>,
-}
-
-impl Checked {
-    pub fn extras(&self) -> WriteExtras<'_> {
-        WriteExtras { references: &self.references, index: &self.index }
-    }
-}
-
 /// Checks a resource a client wants to write: its type matches the URL, its id matches on
-/// update, and it is valid against the R4 definitions.
+/// update, and it is valid against the R4 definitions. Returns what its write stores besides
+/// the content.
 pub fn check_resource(
     state: &AppState,
     ty: ResourceType,
     resource: &Map<String, Value>,
     url_id: Option<&str>,
-) -> Result<Checked, AppError> {
+) -> Result<Derived, AppError> {
     match resource.get("resourceType").and_then(Value::as_str) {
         Some(t) if t == ty.as_str() => {}
         Some(_) => {
@@ -117,16 +104,9 @@ pub fn check_resource(
     if !report.issues.is_empty() {
         return Err(AppError::BadRequest(report.issues));
     }
-    let references =
-        report.references.into_iter().filter(|r| state.registry.resource_type(&r.resource_type).is_some()).collect();
     // The stored resource carries the URL's id, which `_id` and references to it rely on.
-    let index = state.registry.search.extract(
-        &state.registry.definitions,
-        ty.as_str(),
-        &Value::Object(resource.clone()),
-        &state.base_url,
-    );
-    Ok(Checked { references, index })
+    let value = Value::Object(resource.clone());
+    Ok(state.registry.derive(ty.as_str(), &value, report.references, &state.base_url))
 }
 
 /// Parses `If-None-Exist`, a search query such as `identifier=http://sys|123`, with the same
@@ -160,7 +140,7 @@ pub async fn create(
     with_id.insert("id".into(), Value::from(id.as_str()));
     let checked = check_resource(&state, ty, &with_id, None)?;
     let location = Some((state.base_url.as_str(), ty));
-    match state.store.create(ty, &id, resource, condition.as_deref(), checked.extras()).await? {
+    match state.store.create(ty, &id, resource, condition.as_deref(), (&checked).into()).await? {
         Written::Stored { version, .. } => Ok(resource_response(format, StatusCode::CREATED, &version, ret, location)),
         // R4 http.html#ccreate: one match, the request is ignored and the match returned.
         Written::Matched(version) => Ok(resource_response(format, StatusCode::OK, &version, ret, location)),
@@ -220,7 +200,7 @@ pub async fn update(
 ) -> Result<Response, AppError> {
     let expected = if_match(&headers)?;
     let checked = check_resource(&state, target.ty, &resource, Some(&target.id))?;
-    match state.store.update(target.ty, &target.id, resource, expected, checked.extras()).await? {
+    match state.store.update(target.ty, &target.id, resource, expected, (&checked).into()).await? {
         Written::Stored { version, created: true } => Ok(resource_response(
             format,
             StatusCode::CREATED,

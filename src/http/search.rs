@@ -12,7 +12,7 @@ use axum::response::Response;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use super::negotiate::Format;
+use super::negotiate::{prefer_tokens, query_pairs, Format};
 use super::resource::TypePath;
 use crate::error::AppError;
 use crate::fhir::bundle::{Bundle, Entry};
@@ -33,7 +33,7 @@ pub async fn search_get(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, AppError> {
-    let pairs = form_pairs(q.as_deref().unwrap_or("").as_bytes())?;
+    let pairs = query_pairs(q.as_deref().unwrap_or("").as_bytes())?;
     search(&state, ty, format, &headers, pairs).await
 }
 
@@ -53,23 +53,14 @@ pub async fn search_post(
             "POST _search takes application/x-www-form-urlencoded parameters".into(),
         ));
     }
-    let mut pairs = form_pairs(q.as_deref().unwrap_or("").as_bytes())?;
-    pairs.extend(form_pairs(&body)?);
+    let mut pairs = query_pairs(q.as_deref().unwrap_or("").as_bytes())?;
+    pairs.extend(query_pairs(&body)?);
     search(&state, ty, format, &headers, pairs).await
-}
-
-fn form_pairs(bytes: &[u8]) -> Result<Vec<(String, String)>, AppError> {
-    super::negotiate::query_pairs(bytes)
 }
 
 /// `Prefer: handling=strict` makes unknown parameters errors (search.html#errors).
 fn strict_handling(headers: &HeaderMap) -> bool {
-    headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split([',', ';']))
-        .any(|p| p.trim() == "handling=strict")
+    prefer_tokens(headers).any(|p| p == "handling=strict")
 }
 
 async fn search(

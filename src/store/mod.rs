@@ -162,11 +162,12 @@ pub struct WriteExtras<'a> {
     pub index: &'a [IndexEntry],
 }
 
-/// What the server derives from a stored resource: its index entries and its local references.
-#[derive(Debug, Default)]
-pub struct Derived {
-    pub index: Vec<IndexEntry>,
-    pub references: Vec<LocalReference>,
+pub use crate::fhir::registry::Derived;
+
+impl<'a> From<&'a Derived> for WriteExtras<'a> {
+    fn from(d: &'a Derived) -> Self {
+        WriteExtras { references: &d.references, index: &d.index }
+    }
 }
 
 /// How much counting a search does for `Bundle.total`.
