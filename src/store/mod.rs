@@ -537,12 +537,7 @@ impl Store {
             let (index, links) =
                 if resource.is_some() { (extras.index, targets.as_slice()) } else { (&[][..], &[][..]) };
             // A resource that did not exist has no rows to remove.
-            let old_rows = if current.is_some() { search_sql::index_deletes(ty.as_str(), id) } else { Vec::new() };
-            let statements = old_rows
-                .into_iter()
-                .chain(search_sql::index_inserts(ty.as_str(), id, index))
-                .chain(search_sql::link_statements(ty.as_str(), id, links, current.is_some()));
-            for statement in statements {
+            for statement in search_sql::derived_rows(ty.as_str(), id, index, links, current.is_some()) {
                 bind_all!(sqlx::query(&statement.text), statement).execute(&mut *tx).await?;
             }
             tx.commit().await?;
@@ -700,11 +695,7 @@ impl Store {
                         v.content.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or(Value::Null);
                     let derived = derive(&v.resource_type, &resource);
                     let links: Vec<&LocalReference> = derived.references.iter().collect();
-                    let statements = search_sql::index_deletes(&v.resource_type, &v.id)
-                        .into_iter()
-                        .chain(search_sql::index_inserts(&v.resource_type, &v.id, &derived.index))
-                        .chain(search_sql::link_statements(&v.resource_type, &v.id, &links, true));
-                    for statement in statements {
+                    for statement in search_sql::derived_rows(&v.resource_type, &v.id, &derived.index, &links, true) {
                         bind_all!(sqlx::query(&statement.text), statement).execute(&mut *tx).await?;
                     }
                 }

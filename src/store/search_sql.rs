@@ -130,7 +130,16 @@ impl Table {
 const INSERT_BATCH: usize = 200;
 
 /// INSERT statements writing `entries` of resource `ty/id`.
-pub fn index_inserts(ty: &str, id: &str, entries: &[IndexEntry]) -> Vec<Sql> {
+/// The statements that make the index and link rows of resource `ty/id` be `index` and `links`;
+/// `replace` when the resource may hold rows already (it existed before).
+pub fn derived_rows(ty: &str, id: &str, index: &[IndexEntry], links: &[&LocalReference], replace: bool) -> Vec<Sql> {
+    let mut out = if replace { index_deletes(ty, id) } else { Vec::new() };
+    out.extend(index_inserts(ty, id, index));
+    out.extend(link_statements(ty, id, links, replace));
+    out
+}
+
+fn index_inserts(ty: &str, id: &str, entries: &[IndexEntry]) -> Vec<Sql> {
     let mut out = Vec::new();
     for table in Table::ALL {
         let rows: Vec<&IndexEntry> = entries.iter().filter(|e| Table::of_value(&e.value) == table).collect();
@@ -192,7 +201,7 @@ fn value_binds(value: &IndexValue) -> Vec<Bind> {
 }
 
 /// `DELETE` statements removing the index rows of a resource.
-pub fn index_deletes(ty: &str, id: &str) -> Vec<Sql> {
+fn index_deletes(ty: &str, id: &str) -> Vec<Sql> {
     Table::ALL
         .iter()
         .map(|table| {
@@ -208,7 +217,7 @@ pub fn index_deletes(ty: &str, id: &str) -> Vec<Sql> {
 
 /// Statements replacing the rows of `resource_links` held by resource `ty/id` with `targets`
 /// (`replace`: the resource may hold rows already).
-pub fn link_statements(ty: &str, id: &str, targets: &[&LocalReference], replace: bool) -> Vec<Sql> {
+fn link_statements(ty: &str, id: &str, targets: &[&LocalReference], replace: bool) -> Vec<Sql> {
     let mut out = Vec::new();
     if replace {
         let mut delete = Sql::default();
