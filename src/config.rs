@@ -38,6 +38,15 @@ pub struct Config {
     #[arg(long, env = "LIAISON_TOTAL_COUNT_CAP", default_value_t = 1000)]
     pub total_count_cap: i64,
 
+    /// The most resources one conditional delete may remove; 1 refuses a condition that matches
+    /// several with 412.
+    #[arg(long, env = "LIAISON_MAX_CONDITIONAL_DELETES", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_conditional_deletes: u32,
+
+    /// The most entries a batch or transaction Bundle may hold.
+    #[arg(long, env = "LIAISON_MAX_BUNDLE_ENTRIES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_bundle_entries: u32,
+
     /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `liaison=debug,sqlx=warn`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log_level: String,
@@ -81,6 +90,8 @@ impl std::fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_page_size", &self.max_page_size)
             .field("total_count_cap", &self.total_count_cap)
+            .field("max_conditional_deletes", &self.max_conditional_deletes)
+            .field("max_bundle_entries", &self.max_bundle_entries)
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
             .finish()

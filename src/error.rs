@@ -49,6 +49,16 @@ impl AppError {
         Self::BadRequest(vec![Issue::error(code, diagnostics)])
     }
 
+    /// The issues this error answers with.
+    pub fn issues(&self) -> Vec<Issue> {
+        self.status_and_issues().1
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        self.status_and_issues().0
+    }
+
     fn status_and_issues(&self) -> (StatusCode, Vec<Issue>) {
         use IssueType as T;
         let one = |status, code, text: &str| (status, vec![Issue::error(code, text)]);
@@ -87,13 +97,13 @@ impl From<StoreError> for AppError {
             }
             StoreError::Duplicate => Self::Conflict("a resource with this id already exists".into()),
             // R4 http.html#delete: a server may refuse a delete that breaks referential integrity.
-            StoreError::Referenced(holder) => {
+            StoreError::Referenced { holder, .. } => {
                 Self::Conflict(format!("the resource is still referenced by {holder}; delete or change that first"))
             }
             StoreError::MultipleMatches(n) => {
                 Self::PreconditionFailed(format!("the condition matched {n} resources; it must match at most one"))
             }
-            StoreError::MissingReferences(missing) => Self::Unprocessable(
+            StoreError::MissingReferences { missing, .. } => Self::Unprocessable(
                 missing
                     .into_iter()
                     .map(|r| {
@@ -107,6 +117,12 @@ impl From<StoreError> for AppError {
             ),
             other => Self::Internal(other),
         }
+    }
+}
+
+impl crate::store::Contended for AppError {
+    fn is_contention(&self) -> bool {
+        matches!(self, Self::Unavailable(StoreError::Contention))
     }
 }
 

@@ -53,7 +53,12 @@ pub async fn build_state(config: &Config) -> Result<AppState, store::StoreError>
         tracing::info!(resources = rebuilt, "search index and reference links rebuilt");
     }
     store.optimize().await?;
-    let limits = state::Limits { max_page_size: config.max_page_size, total_count_cap: config.total_count_cap };
+    let limits = state::Limits {
+        max_page_size: config.max_page_size,
+        total_count_cap: config.total_count_cap,
+        max_conditional_deletes: config.max_conditional_deletes as usize,
+        max_bundle_entries: config.max_bundle_entries as usize,
+    };
     Ok(AppState::new(store, registry, base_url, limits))
 }
 

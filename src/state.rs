@@ -27,6 +27,10 @@ pub struct Limits {
     pub max_page_size: u32,
     /// With `_total=estimate`, searches count at most this many matches for `Bundle.total`.
     pub total_count_cap: i64,
+    /// The most resources one conditional delete may remove (1: only single matches).
+    pub max_conditional_deletes: usize,
+    /// The most entries of a batch or transaction Bundle.
+    pub max_bundle_entries: usize,
 }
 
 impl AppState {

@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod definitions;
 pub mod json;
 pub mod outcome;
+pub mod patch;
 pub mod primitives;
 pub mod registry;
 pub mod search;

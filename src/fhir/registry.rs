@@ -31,7 +31,7 @@ pub const SUPPORTED_TYPES: &[&str] = &[
 
 /// The RESTful interactions supported on every type (CapabilityStatement.rest.resource.interaction).
 pub const TYPE_INTERACTIONS: &[&str] =
-    &["read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"];
+    &["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"];
 
 /// A resource type the registry knows; obtained only through [`Registry::resource_type`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

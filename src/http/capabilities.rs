@@ -25,8 +25,8 @@ pub fn capability_statement(state: &AppState) -> Value {
                 "updateCreate": true,
                 "conditionalCreate": true,
                 "conditionalRead": "not-match",
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": if state.limits.max_conditional_deletes > 1 { "multiple" } else { "single" },
                 "referencePolicy": ["literal", "enforced", "local"],
                 "searchParam": state.registry.search.for_type(ty.as_str()).iter().map(|p| json!({
                     "name": p.code,
@@ -42,6 +42,10 @@ pub fn capability_statement(state: &AppState) -> Value {
                         .filter(move |p| p.kind == crate::fhir::search::ParamKind::Reference && p.targets.iter().any(|t| t == ty.as_str()))
                         .map(move |p| format!("{source}:{}", p.code)))
                     .collect::<Vec<_>>(),
+                "operation": [{
+                    "name": "validate",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+                }],
             })
         })
         .map(drop_empty_arrays)
@@ -59,6 +63,7 @@ pub fn capability_statement(state: &AppState) -> Value {
         },
         "fhirVersion": "4.0.1",
         "format": ["json", "application/fhir+json", "application/json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
             "resource": resources,

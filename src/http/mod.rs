@@ -4,14 +4,16 @@
 
 mod capabilities;
 mod history;
+mod interaction;
 mod negotiate;
 mod resource;
 mod search;
+mod write;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -28,10 +30,19 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let fhir = Router::new()
         .route("/metadata", get(capabilities::metadata))
         .route("/_history", get(history::system))
-        .route("/{type}", get(search::search_get).post(resource::create))
-        .route("/{type}/_search", axum::routing::post(search::search_post))
+        .route(
+            "/{type}",
+            get(search::search_get)
+                .post(write::create)
+                .put(write::conditional_update)
+                .patch(write::conditional_patch)
+                .delete(write::conditional_delete),
+        )
+        .route("/{type}/_search", post(search::search_post))
+        .route("/{type}/$validate", post(write::validate_type))
         .route("/{type}/_history", get(history::type_level))
-        .route("/{type}/{id}", get(resource::read).put(resource::update).delete(resource::delete))
+        .route("/{type}/{id}", get(resource::read).put(write::update).patch(write::patch).delete(write::delete))
+        .route("/{type}/{id}/$validate", post(write::validate_instance))
         .route("/{type}/{id}/_history", get(history::instance))
         .route("/{type}/{id}/_history/{vid}", get(resource::vread))
         .method_not_allowed_fallback(resource::method_not_allowed);

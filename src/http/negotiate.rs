@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{AppError, FHIR_JSON};
 use crate::fhir::outcome::{operation_outcome, Issue, IssueType};
+use crate::fhir::patch::{Patch, PatchError};
 use crate::fhir::{format_http_date, registry::ResourceType};
 use crate::store::Version;
 
@@ -113,24 +114,66 @@ impl<S: Send + Sync> FromRequest<S> for FhirJson {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
-        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        if !matches!(essence.as_str(), "application/fhir+json" | "application/json" | "application/json+fhir")
-            || !fhir_version_ok(content_type)
-        {
+        if !is_fhir_json(req.headers()) {
             return Err(AppError::UnsupportedMediaType(
                 "the request body must be FHIR JSON (Content-Type: application/fhir+json)".into(),
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                AppError::PayloadTooLarge
-            } else {
-                AppError::invalid(IssueType::Structure, "the request body could not be read")
-            }
-        })?;
+        let bytes = body_bytes(req, state).await?;
         crate::fhir::json::parse_object(&bytes).map(Self).map_err(|why| AppError::invalid(IssueType::Structure, why))
     }
+}
+
+/// The body of a PATCH: JSON Patch (`application/json-patch+json`) or FHIRPath Patch (a
+/// Parameters resource as FHIR JSON).
+pub struct PatchBody(pub Patch);
+
+impl<S: Send + Sync> FromRequest<S> for PatchBody {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        let json_patch = content_type_essence(req.headers()) == "application/json-patch+json";
+        if !json_patch && !is_fhir_json(req.headers()) {
+            return Err(AppError::UnsupportedMediaType(
+                "a patch is JSON Patch (application/json-patch+json) or FHIRPath Patch (application/fhir+json)".into(),
+            ));
+        }
+        let bytes = body_bytes(req, state).await?;
+        let malformed = |why: String| AppError::invalid(IssueType::Structure, why);
+        let patch = if json_patch {
+            let doc: Value = serde_json::from_slice(&bytes).map_err(|_| malformed("the body is not JSON".into()))?;
+            Patch::parse_json_patch(doc)
+        } else {
+            Patch::parse_fhirpath(&crate::fhir::json::parse_object(&bytes).map_err(malformed)?)
+        };
+        patch.map(Self).map_err(|e| match e {
+            PatchError::Malformed(why) | PatchError::Failed(why) => AppError::invalid(IssueType::Invalid, why),
+        })
+    }
+}
+
+fn content_type_essence(headers: &HeaderMap) -> String {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+fn is_fhir_json(headers: &HeaderMap) -> bool {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    matches!(
+        content_type_essence(headers).as_str(),
+        "application/fhir+json" | "application/json" | "application/json+fhir"
+    ) && fhir_version_ok(content_type)
+}
+
+/// The whole request body, within the configured size limit.
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, AppError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::PayloadTooLarge
+        } else {
+            AppError::invalid(IssueType::Structure, "the request body could not be read")
+        }
+    })
 }
 
 /// `Prefer: return=…` (http.html#ops).

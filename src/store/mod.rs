@@ -13,26 +13,25 @@
 
 pub mod search_sql;
 mod sql;
+mod write;
+
+pub use write::{Change, Contended, Expect, WriteTx, Written, WRITE_ATTEMPTS};
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::fhir::registry::ResourceType;
 use crate::fhir::search::index::IndexEntry;
-use crate::fhir::search::query::{Filter, SearchQuery};
+use crate::fhir::search::query::SearchQuery;
 use crate::fhir::search::INDEX_VERSION;
 use crate::fhir::validate::LocalReference;
 use crate::fhir::{self, Millis};
 use search_sql::{Bind, Compiler};
 use sql::{Dialect, POSTGRES, SQLITE};
-
-/// How often a write is retried when a concurrent writer changed the resource first, or the
-/// database chose it as a deadlock or serialisation victim.
-const WRITE_ATTEMPTS: usize = 8;
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +42,13 @@ pub enum StoreError {
     Duplicate,
     #[error("the condition matched {0} resources")]
     MultipleMatches(usize),
-    #[error("{} referenced resources do not exist", .0.len())]
-    MissingReferences(Vec<LocalReference>),
-    /// A delete would leave the reference held by this resource (`Type/id`) dangling.
+    /// Change number `change` of a transaction (0 for the first) references resources that do
+    /// not exist.
+    #[error("{} referenced resources do not exist", missing.len())]
+    MissingReferences { change: usize, missing: Vec<LocalReference> },
+    /// Change number `change` deleted a resource that `holder` (`Type/id`) still references.
     #[error("the resource is still referenced")]
-    Referenced(String),
+    Referenced { change: usize, holder: String },
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("unsupported database URL (expected sqlite:// or postgres://)")]
@@ -56,6 +57,8 @@ pub enum StoreError {
     /// serialisation victims) after every retry.
     #[error("too much contention on this resource")]
     Contention,
+    #[error("stored content could not be read")]
+    Corrupt,
     #[error("database error")]
     Db(#[source] sqlx::Error),
     #[error("migration failed")]
@@ -110,17 +113,6 @@ impl Version {
     }
 }
 
-/// What a write did.
-#[derive(Debug)]
-pub enum Written {
-    /// A new version was stored; `created` when the resource did not exist (or was deleted).
-    Stored { version: Version, created: bool },
-    /// Conditional create: the resource that matched the condition, left unchanged.
-    Matched(Version),
-    /// Delete of a resource that does not exist or is already deleted: nothing changed.
-    Unchanged,
-}
-
 /// Where a history request looks.
 #[derive(Debug, Clone)]
 pub enum HistoryScope {
@@ -145,13 +137,6 @@ pub struct HistoryQuery {
     pub since: Option<Millis>,
     pub cursor: Option<HistoryCursor>,
     pub count: u32,
-}
-
-/// A change a write makes.
-enum Change<'a> {
-    Create { resource: Map<String, Value>, condition: Option<&'a [Filter]> },
-    Update { resource: Map<String, Value>, if_match: Option<i64> },
-    Delete,
 }
 
 /// What a write stores besides the resource: the local references that must resolve, and the
@@ -221,6 +206,7 @@ macro_rules! bind_all {
         q
     }};
 }
+pub(crate) use bind_all;
 
 enum Db {
     Sqlite { reader: SqlitePool, writer: SqlitePool },
@@ -365,192 +351,6 @@ impl Store {
                 .fetch_all(pool)
                 .await?
         }))
-    }
-
-    /// Creates a resource with the server-assigned `id`; with a `condition` (the search of
-    /// `If-None-Exist`), only if no resource matches it (R4 http.html#ccreate), atomically with
-    /// respect to concurrent creates.
-    pub async fn create(
-        &self,
-        ty: ResourceType,
-        id: &str,
-        resource: Map<String, Value>,
-        condition: Option<&[Filter]>,
-        extras: WriteExtras<'_>,
-    ) -> Result<Written, StoreError> {
-        self.write(ty, id, Change::Create { resource, condition }, extras).await
-    }
-
-    /// Updates (or creates, with the client's id) a resource; `if_match` is the version the
-    /// client expects to replace.
-    pub async fn update(
-        &self,
-        ty: ResourceType,
-        id: &str,
-        resource: Map<String, Value>,
-        if_match: Option<i64>,
-        extras: WriteExtras<'_>,
-    ) -> Result<Written, StoreError> {
-        self.write(ty, id, Change::Update { resource, if_match }, extras).await
-    }
-
-    /// Deletes a resource by storing a deletion version.
-    pub async fn delete(&self, ty: ResourceType, id: &str) -> Result<Written, StoreError> {
-        self.write(ty, id, Change::Delete, WriteExtras::default()).await
-    }
-
-    #[tracing::instrument(skip_all, fields(fhir.type = %ty, fhir.id = %id))]
-    async fn write(
-        &self,
-        ty: ResourceType,
-        id: &str,
-        change: Change<'_>,
-        extras: WriteExtras<'_>,
-    ) -> Result<Written, StoreError> {
-        for _ in 0..WRITE_ATTEMPTS {
-            match self.try_write(ty, id, &change, extras).await {
-                Ok(Some(done)) => return Ok(done),
-                Ok(None) | Err(StoreError::Contention) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        tracing::warn!(fhir.type = %ty, fhir.id = %id, "write lost every race with concurrent writers");
-        Err(StoreError::Contention)
-    }
-
-    /// One attempt; `Ok(None)` when a concurrent writer got there first and the write may be
-    /// retried.
-    async fn try_write(
-        &self,
-        ty: ResourceType,
-        id: &str,
-        change: &Change<'_>,
-        extras: WriteExtras<'_>,
-    ) -> Result<Option<Written>, StoreError> {
-        let clock = fhir::now_millis();
-        on_db!(self, writer, |pool, dialect| {
-            let mut tx = pool.begin_with(dialect.begin_write).await?;
-
-            if let Change::Create { condition: Some(condition), .. } = change {
-                sqlx::query(dialect.lock_condition).bind(condition_lock_key(ty, condition)).execute(&mut *tx).await?;
-                let sql = Compiler::new(dialect, clock).ids(ty.as_str(), condition, 2);
-                let matches: Vec<(String,)> =
-                    bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(&mut *tx).await?;
-                match matches.as_slice() {
-                    [] => {}
-                    [(found,)] => {
-                        let version: Version = sqlx::query_as(sql::SELECT_CURRENT)
-                            .bind(ty.as_str())
-                            .bind(found)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                        return Ok(Some(Written::Matched(version)));
-                    }
-                    many => return Err(StoreError::MultipleMatches(many.len())),
-                }
-            }
-
-            let current: Option<(i64, bool, Millis)> = sqlx::query_as(dialect.select_current_for_write)
-                .bind(ty.as_str())
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let (resource, method, new_version) = match (change, current) {
-                (Change::Create { .. }, Some(_)) => return Err(StoreError::Duplicate),
-                (Change::Create { resource, .. }, None) => (Some(resource), "POST", 1),
-                (Change::Update { if_match: Some(expected), .. }, cur) if cur.map(|c| c.0) != Some(*expected) => {
-                    return Err(StoreError::VersionConflict)
-                }
-                (Change::Update { resource, .. }, cur) => (Some(resource), "PUT", cur.map_or(1, |c| c.0 + 1)),
-                (Change::Delete, None | Some((_, true, _))) => return Ok(Some(Written::Unchanged)),
-                (Change::Delete, Some((v, false, _))) => {
-                    let holder: Option<(String, String)> = sqlx::query_as(sql::SELECT_INBOUND_LINK)
-                        .bind(ty.as_str())
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    if let Some((holder_type, holder_id)) = holder {
-                        return Err(StoreError::Referenced(format!("{holder_type}/{holder_id}")));
-                    }
-                    (None, "DELETE", v + 1)
-                }
-            };
-            // Taken under the write lock, and never before the version it follows: history order
-            // and `_since` rely on lastUpdated growing with the version.
-            let now = current.map_or_else(fhir::now_millis, |c| fhir::now_millis().max(c.2 + 1));
-
-            // Each target once, in a fixed order, so that concurrent writers take their share locks
-            // in the same order.
-            let mut targets: Vec<&LocalReference> =
-                extras.references.iter().filter(|r| !(r.resource_type == ty.as_str() && r.id == id)).collect();
-            targets.sort_by(|a, b| (&a.resource_type, &a.id).cmp(&(&b.resource_type, &b.id)));
-            targets.dedup_by(|a, b| a.resource_type == b.resource_type && a.id == b.id);
-            let mut missing = Vec::new();
-            for r in &targets {
-                let found: Option<(i64,)> = sqlx::query_as(dialect.reference_exists)
-                    .bind(&r.resource_type)
-                    .bind(&r.id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if found.is_none() {
-                    missing.push((*r).clone());
-                }
-            }
-            if !missing.is_empty() {
-                return Err(StoreError::MissingReferences(missing));
-            }
-
-            let content = resource.map(|r| {
-                let mut r = r.clone();
-                fhir::stamp(&mut r, id, new_version, now);
-                Value::Object(r).to_string()
-            });
-            let replaced = match current {
-                None => sqlx::query(sql::INSERT_CURRENT),
-                Some(_) => sqlx::query(sql::UPDATE_CURRENT),
-            }
-            .bind(ty.as_str())
-            .bind(id)
-            .bind(new_version)
-            .bind(now)
-            .bind(content.is_none())
-            .bind(content.as_deref())
-            .bind(current.map_or(0, |c| c.0))
-            .execute(&mut *tx)
-            .await?;
-            if replaced.rows_affected() != 1 {
-                // A concurrent writer changed the resource between our read and our write.
-                if matches!(change, Change::Update { if_match: Some(_), .. }) {
-                    return Err(StoreError::VersionConflict);
-                }
-                return Ok(None);
-            }
-            sqlx::query(sql::INSERT_HISTORY)
-                .bind(ty.as_str())
-                .bind(id)
-                .bind(new_version)
-                .bind(now)
-                .bind(method)
-                .bind(content.as_deref())
-                .execute(&mut *tx)
-                .await?;
-            let (index, links) =
-                if resource.is_some() { (extras.index, targets.as_slice()) } else { (&[][..], &[][..]) };
-            // A resource that did not exist has no rows to remove.
-            for statement in search_sql::derived_rows(ty.as_str(), id, index, links, current.is_some()) {
-                bind_all!(sqlx::query(&statement.text), statement).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            let version = Version {
-                resource_type: ty.as_str().to_owned(),
-                id: id.to_owned(),
-                version_id: new_version,
-                last_updated: now,
-                method: method.to_owned(),
-                content,
-            };
-            Ok(Some(Written::Stored { version, created: current.is_none_or(|c| c.1) }))
-        })
     }
 
     /// One page of a search on `ty`, after the position `after` (from a previous page's `next`).
@@ -724,12 +524,4 @@ pub enum SearchError {
     BadCursor,
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// A stable 64-bit key (FNV-1a) for the advisory lock that serialises conditional creates with
-/// the same condition across connections and replicas.
-fn condition_lock_key(ty: ResourceType, condition: &[Filter]) -> i64 {
-    let text = format!("{ty}?{condition:?}");
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    hash as i64
 }

@@ -1,5 +1,14 @@
 //! The SQL the store runs. One text serves both engines unless it is in [`Dialect`].
 
+/// The current version of `$1/$2`, as a literal so that dialects can extend it.
+macro_rules! select_current {
+    () => {
+        "SELECT resource_type, id, version_id, last_updated, \
+         CASE WHEN deleted THEN 'DELETE' WHEN version_id = 1 THEN 'POST' ELSE 'PUT' END AS method, content \
+         FROM resources WHERE resource_type = $1 AND id = $2"
+    };
+}
+
 /// What differs between SQLite and PostgreSQL.
 pub struct Dialect {
     /// Starts a write transaction.
@@ -9,6 +18,8 @@ pub struct Dialect {
     /// Reads the current version for a write; on PostgreSQL it also locks the row, so that
     /// concurrent writers of one resource queue instead of racing.
     pub select_current_for_write: &'static str,
+    /// Reads the current version with its content; on PostgreSQL it also locks the row.
+    pub select_current_locked: &'static str,
     /// Whether search filters other than the most selective one are written as per-candidate
     /// probes (`EXISTS`) instead of sets (`id IN (…)`): SQLite builds every `IN` set in full,
     /// PostgreSQL's planner chooses well between both on its own.
@@ -27,6 +38,7 @@ pub const SQLITE: Dialect = Dialect {
     begin_write: "BEGIN IMMEDIATE",
     lock_condition: "SELECT $1",
     select_current_for_write: SELECT_CURRENT_VERSION,
+    select_current_locked: SELECT_CURRENT,
     probe_filters: true,
     json_array_open: "json_array(",
     json_array_close: ")",
@@ -39,6 +51,7 @@ pub const POSTGRES: Dialect = Dialect {
     lock_condition: "SELECT pg_advisory_xact_lock($1)",
     select_current_for_write:
         "SELECT version_id, deleted, last_updated FROM resources WHERE resource_type = $1 AND id = $2 FOR UPDATE",
+    select_current_locked: concat!(select_current!(), " FOR UPDATE"),
     probe_filters: false,
     json_array_open: "json_build_array(",
     json_array_close: ")::text",
@@ -46,9 +59,7 @@ pub const POSTGRES: Dialect = Dialect {
 };
 
 /// Columns of [`super::Version`] from `resources`.
-pub const SELECT_CURRENT: &str = "SELECT resource_type, id, version_id, last_updated, \
-     CASE WHEN deleted THEN 'DELETE' WHEN version_id = 1 THEN 'POST' ELSE 'PUT' END AS method, content \
-     FROM resources WHERE resource_type = $1 AND id = $2";
+pub const SELECT_CURRENT: &str = select_current!();
 
 pub const SELECT_CURRENT_VERSION: &str =
     "SELECT version_id, deleted, last_updated FROM resources WHERE resource_type = $1 AND id = $2";

@@ -6,10 +6,12 @@
 //! when no server is reachable outside CI. With `CI` set they always run.
 
 mod concurrency;
+mod conditional;
 mod crud;
 mod examples;
 mod helpers;
 mod history;
+mod patch;
 mod protocol;
 mod search;
 mod validation;
@@ -72,6 +74,15 @@ fn main() {
         concurrency::concurrent_updates_lose_nothing,
         concurrency::concurrent_conditional_creates_make_one_resource,
         examples::official_examples_round_trip,
+        patch::json_patch_changes_one_field_and_reindexes,
+        patch::failing_patches_change_nothing,
+        patch::fhirpath_patch_operations,
+        patch::validate_in_every_mode,
+        conditional::conditional_update_rules,
+        conditional::if_none_match_star_creates_only,
+        conditional::conditional_delete_rules,
+        conditional::conditional_patch_rules,
+        conditional::capability_statement_matches_behaviour,
         search::token_search_forms,
         search::string_search_is_case_and_accent_insensitive,
         search::reference_search_forms,

@@ -93,7 +93,7 @@ pub async fn unknown_routes_and_methods_get_operation_outcomes(app: TestApp) {
     let r = app.get("/nowhere").await;
     r.expect(404);
     assert_eq!(r.issues()[0]["code"], "not-found");
-    let r = app.send(Method::PATCH, "Patient/1", &[], None).await;
+    let r = app.send(Method::POST, "Patient/1", &[], None).await;
     r.expect(405);
     assert_eq!(r.issues()[0]["code"], "not-supported");
     app.send(Method::DELETE, "metadata", &[], None).await.expect(405);

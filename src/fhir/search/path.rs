@@ -4,8 +4,12 @@
 //!
 //! Supported: paths, `|` unions, parentheses, `as T` / `.as(T)` / `.ofType(T)`,
 //! `.where(resolve() is T)`, `.where(field = 'literal')`, `.where(hasExtension('url'))`,
-//! `.extension('url')`. Anything else is refused at parse time, and the parameter is then not
-//! offered (see `SearchParams::unsupported`).
+//! `.extension('url')`, and for FHIRPath Patch the indexer `[n]`, `first()` and `last()`.
+//! Anything else is refused at parse time, and a search parameter is then not offered (see
+//! `SearchParams::unsupported`).
+//!
+//! Evaluation yields nodes ([`Node`]), or for patching nodes with their place in the JSON
+//! ([`Located`]); both go through the same steps.
 
 use serde_json::Value;
 
@@ -35,6 +39,10 @@ pub enum Step {
     WhereEquals(String, String),
     WhereHasExtension(String),
     Extension(String),
+    /// `[n]`: the n-th item of the collection (from 0).
+    Index(usize),
+    First,
+    Last,
 }
 
 /// A node reached by evaluation: a JSON value with its FHIR type (a type name, or the path of a
@@ -56,6 +64,8 @@ enum Tok {
     Close,
     Pipe,
     Eq,
+    LBracket,
+    RBracket,
 }
 
 fn tokenize(text: &str) -> Result<Vec<Tok>, String> {
@@ -85,6 +95,14 @@ fn tokenize(text: &str) -> Result<Vec<Tok>, String> {
             '=' => {
                 chars.next();
                 out.push(Tok::Eq);
+            }
+            '[' => {
+                chars.next();
+                out.push(Tok::LBracket);
+            }
+            ']' => {
+                chars.next();
+                out.push(Tok::RBracket);
             }
             '\'' => {
                 chars.next();
@@ -187,6 +205,12 @@ impl Parser {
                     self.next();
                     steps.push(Step::OfType(self.ident()?));
                 }
+                Some(Tok::LBracket) => {
+                    self.next();
+                    let index = self.ident()?.parse().map_err(|_| "an indexer takes a number".to_owned())?;
+                    self.expect(Tok::RBracket)?;
+                    steps.push(Step::Index(index));
+                }
                 _ => break,
             }
         }
@@ -203,6 +227,8 @@ impl Parser {
             "as" | "ofType" => Step::OfType(self.ident()?),
             "extension" => Step::Extension(self.string()?),
             "where" => self.predicate()?,
+            "first" => Step::First,
+            "last" => Step::Last,
             other => return Err(format!("function {other}() is not supported")),
         };
         self.expect(Tok::Close)?;
@@ -246,10 +272,66 @@ pub fn parse(text: &str) -> Result<Expr, String> {
 
 // ---- evaluation ------------------------------------------------------------------------------
 
+/// What evaluation steps through: a node, possibly with where it is.
+pub trait Item<'a>: Sized {
+    fn node(&self) -> Node<'a>;
+    /// The values of element `name` under this item, flattened.
+    fn children(&self, defs: &'a Definitions, name: &str) -> Vec<Self>;
+}
+
+impl<'a> Item<'a> for Node<'a> {
+    fn node(&self) -> Node<'a> {
+        *self
+    }
+
+    fn children(&self, defs: &'a Definitions, name: &str) -> Vec<Self> {
+        children(defs, *self, name)
+    }
+}
+
+/// One step into a JSON document: an object key or an array index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// A node with its place in the resource, from the root.
+#[derive(Debug, Clone)]
+pub struct Located<'a> {
+    pub node: Node<'a>,
+    pub path: Vec<Seg>,
+}
+
+impl<'a> Item<'a> for Located<'a> {
+    fn node(&self) -> Node<'a> {
+        self.node
+    }
+
+    fn children(&self, defs: &'a Definitions, name: &str) -> Vec<Self> {
+        let mut out = Vec::new();
+        for_each_child(defs, self.node, name, |key, index, node| {
+            let mut path = self.path.clone();
+            path.push(Seg::Key(key.to_owned()));
+            path.extend(index.map(Seg::Index));
+            out.push(Located { node, path });
+        });
+        out
+    }
+}
+
 /// Evaluates `expr` on `resource` (of type `resource_type`).
 pub fn evaluate<'a>(defs: &'a Definitions, expr: &Expr, resource: &'a Value, resource_type: &'a str) -> Vec<Node<'a>> {
     let mut out = Vec::new();
     eval_into(defs, expr, Node { value: resource, ty: resource_type }, &mut out);
+    out
+}
+
+/// Evaluates `expr` on `resource` and tells where each result is.
+pub fn locate<'a>(defs: &'a Definitions, expr: &Expr, resource: &'a Value, resource_type: &'a str) -> Vec<Located<'a>> {
+    let mut out = Vec::new();
+    let root = Located { node: Node { value: resource, ty: resource_type }, path: Vec::new() };
+    eval_into(defs, expr, root, &mut out);
     out
 }
 
@@ -267,68 +349,82 @@ pub fn evaluate_relative<'a>(defs: &'a Definitions, expr: &Expr, node: Node<'a>)
     }
 }
 
-fn eval_into<'a>(defs: &'a Definitions, expr: &Expr, root: Node<'a>, out: &mut Vec<Node<'a>>) {
+fn eval_into<'a, T: Item<'a> + Clone>(defs: &'a Definitions, expr: &Expr, root: T, out: &mut Vec<T>) {
     match expr {
-        Expr::Union(terms) => terms.iter().for_each(|t| eval_into(defs, t, root, out)),
+        Expr::Union(terms) => terms.iter().for_each(|t| eval_into(defs, t, root.clone(), out)),
         Expr::Path { root: name, steps } => {
-            if name == root.ty {
+            if name == root.node().ty {
                 out.extend(apply_steps(defs, vec![root], steps));
             }
         }
         Expr::Sub { inner, steps } => {
-            let mut nodes = Vec::new();
-            eval_into(defs, inner, root, &mut nodes);
-            out.extend(apply_steps(defs, nodes, steps));
+            let mut items = Vec::new();
+            eval_into(defs, inner, root, &mut items);
+            out.extend(apply_steps(defs, items, steps));
         }
     }
 }
 
-fn apply_steps<'a>(defs: &'a Definitions, mut nodes: Vec<Node<'a>>, steps: &[Step]) -> Vec<Node<'a>> {
+fn apply_steps<'a, T: Item<'a>>(defs: &'a Definitions, mut items: Vec<T>, steps: &[Step]) -> Vec<T> {
     for step in steps {
-        nodes = match step {
-            Step::Child(name) => nodes.iter().flat_map(|n| children(defs, *n, name)).collect(),
-            // Case-insensitive: R4's own composites write `value.as(DateTime)`.
-            Step::OfType(ty) => nodes.into_iter().filter(|n| n.ty.eq_ignore_ascii_case(ty)).collect(),
-            Step::WhereResolveIs(ty) => {
-                nodes.into_iter().filter(|n| reference_type(n.value) == Some(ty.as_str())).collect()
+        let keep = |item: &T| {
+            let n = item.node();
+            match step {
+                // Case-insensitive: R4's own composites write `value.as(DateTime)`.
+                Step::OfType(ty) => n.ty.eq_ignore_ascii_case(ty),
+                Step::WhereResolveIs(ty) => reference_type(n.value) == Some(ty.as_str()),
+                Step::WhereEquals(field, literal) => {
+                    n.value.get(field).and_then(Value::as_str) == Some(literal.as_str())
+                }
+                Step::WhereHasExtension(url) => has_extension(n.value, url),
+                Step::Extension(url) => n.value.get("url").and_then(Value::as_str) == Some(url.as_str()),
+                Step::Child(_) | Step::Index(_) | Step::First | Step::Last => true,
             }
-            Step::WhereEquals(field, literal) => nodes
-                .into_iter()
-                .filter(|n| n.value.get(field).and_then(Value::as_str) == Some(literal.as_str()))
-                .collect(),
-            Step::WhereHasExtension(url) => nodes.into_iter().filter(|n| has_extension(n.value, url)).collect(),
-            Step::Extension(url) => nodes
-                .iter()
-                .flat_map(|n| children(defs, *n, "extension"))
-                .filter(|n| n.value.get("url").and_then(Value::as_str) == Some(url.as_str()))
-                .collect(),
+        };
+        items = match step {
+            Step::Child(name) => items.iter().flat_map(|i| i.children(defs, name)).collect(),
+            Step::Extension(_) => items.iter().flat_map(|i| i.children(defs, "extension")).filter(keep).collect(),
+            Step::Index(n) => items.into_iter().nth(*n).into_iter().collect(),
+            Step::First => items.into_iter().next().into_iter().collect(),
+            Step::Last => items.into_iter().last().into_iter().collect(),
+            _ => items.into_iter().filter(keep).collect(),
         };
     }
-    nodes
+    items
 }
 
 /// The values of element `name` under `node`, flattened, each with its type (for an Extension
 /// node, `children(defs, node, "value")` gives its typed value).
 pub fn children<'a>(defs: &'a Definitions, node: Node<'a>, name: &str) -> Vec<Node<'a>> {
-    let Some(obj) = node.value.as_object() else { return Vec::new() };
-    let Some(el) = defs.children(node.ty).iter().find(|e| e.name == name) else { return Vec::new() };
     let mut out = Vec::new();
-    let mut push = |value: &'a Value, ty: &'a str| match value {
-        Value::Array(items) => out.extend(items.iter().filter(|v| !v.is_null()).map(|value| Node { value, ty })),
+    for_each_child(defs, node, name, |_, _, n| out.push(n));
+    out
+}
+
+/// Calls `f` with the JSON key, the array index (for repeating elements) and the node of each
+/// value of element `name` under `node`.
+fn for_each_child<'a>(
+    defs: &'a Definitions,
+    node: Node<'a>,
+    name: &str,
+    mut f: impl FnMut(&str, Option<usize>, Node<'a>),
+) {
+    let Some(obj) = node.value.as_object() else { return };
+    let Some(el) = defs.children(node.ty).iter().find(|e| e.name == name) else { return };
+    let mut visit = |key: &str, value: &'a Value, ty: &'a str| match value {
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_null())
+            .for_each(|(i, value)| f(key, Some(i), Node { value, ty })),
         Value::Null => {}
-        value => out.push(Node { value, ty }),
+        value => f(key, None, Node { value, ty }),
     };
     if el.choice {
         for t in &el.types {
-            let mut key = String::with_capacity(name.len() + t.code.len());
-            key.push_str(name);
-            let mut chars = t.code.chars();
-            if let Some(first) = chars.next() {
-                key.push(first.to_ascii_uppercase());
-                key.push_str(chars.as_str());
-            }
+            let key = choice_key(name, &t.code);
             if let Some(v) = obj.get(&key) {
-                push(v, &t.code);
+                visit(&key, v, &t.code);
             }
         }
     } else if let Some(v) = obj.get(name) {
@@ -336,9 +432,21 @@ pub fn children<'a>(defs: &'a Definitions, node: Node<'a>, name: &str) -> Vec<No
             Some(path) => path,
             None => el.types.first().map(|t| t.code.as_str()).unwrap_or(""),
         };
-        push(v, ty);
+        visit(name, v, ty);
     }
-    out
+}
+
+/// The JSON key of choice element `name` with type `code`: `value` and `Quantity` give
+/// `valueQuantity`.
+pub fn choice_key(name: &str, code: &str) -> String {
+    let mut key = String::with_capacity(name.len() + code.len());
+    key.push_str(name);
+    let mut chars = code.chars();
+    if let Some(first) = chars.next() {
+        key.push(first.to_ascii_uppercase());
+        key.push_str(chars.as_str());
+    }
+    key
 }
 
 /// The resource type a Reference points at, from `reference` or `type`.

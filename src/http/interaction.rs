@@ -1,0 +1,271 @@
+//! The write interactions of R4's REST API — create, update, patch and delete, each also
+//! conditional — independent of how they arrived: an HTTP request runs one in its own database
+//! transaction, a transaction Bundle runs many in one.
+//!
+//! Resources are validated before the transaction starts (a patch, whose result depends on the
+//! stored version, inside it); the transaction then resolves conditions, applies the changes and
+//! checks referential integrity at commit.
+
+use axum::http::StatusCode;
+use serde_json::{Map, Value};
+
+use super::negotiate::query_pairs;
+use crate::error::AppError;
+use crate::fhir::outcome::{Issue, IssueType};
+use crate::fhir::patch::{Patch, PatchError};
+use crate::fhir::registry::ResourceType;
+use crate::fhir::search::query::{self, Filter};
+use crate::fhir::validate;
+use crate::state::AppState;
+use crate::store::{Change, Derived, Expect, StoreError, Version, WriteTx, Written};
+
+/// One write interaction on a resource of `ty`.
+#[derive(Debug)]
+pub struct Write {
+    pub ty: ResourceType,
+    pub kind: WriteKind,
+}
+
+/// The resource a write addresses: by id, or by search (a conditional interaction).
+#[derive(Debug, Clone)]
+pub enum Target {
+    Id(String),
+    Search(Vec<Filter>),
+}
+
+#[derive(Debug)]
+pub enum WriteKind {
+    /// `id` is assigned by the server before the write (a Bundle rewrites references to it).
+    Create {
+        id: String,
+        resource: Map<String, Value>,
+        derived: Derived,
+        if_none_exist: Option<Vec<Filter>>,
+    },
+    Update {
+        target: Target,
+        resource: Map<String, Value>,
+        derived: Derived,
+        expect: Expect,
+    },
+    Patch {
+        target: Target,
+        patch: Patch,
+        expect: Expect,
+    },
+    Delete {
+        target: Target,
+        expect: Expect,
+    },
+}
+
+/// What a write interaction did.
+#[derive(Debug)]
+pub struct Done {
+    /// 201 for a new resource, 200 for a changed or found one, 204 for a delete.
+    pub status: StatusCode,
+    /// The version stored or found (a deletion for a delete that changed something).
+    pub version: Option<Version>,
+    /// What happened, in words, for responses without a resource.
+    pub message: String,
+}
+
+impl Done {
+    fn stored(written: Written, ty: ResourceType, id: &str) -> Self {
+        match written {
+            Written::Stored { version, .. } if version.is_deleted() => {
+                Self { status: StatusCode::NO_CONTENT, message: format!("{ty}/{id} deleted"), version: Some(version) }
+            }
+            Written::Stored { version, created } => Self {
+                status: if created { StatusCode::CREATED } else { StatusCode::OK },
+                message: format!("{ty}/{id} version {} stored", version.version_id),
+                version: Some(version),
+            },
+            Written::Unchanged => {
+                Self::nothing(format!("{ty}/{id} does not exist or is already deleted; nothing to do"))
+            }
+        }
+    }
+
+    fn nothing(message: String) -> Self {
+        Self { status: StatusCode::NO_CONTENT, version: None, message }
+    }
+}
+
+/// Checks a resource a client wants to write: its type matches, its id matches the URL's on
+/// update, and it is valid against the R4 definitions. Returns what its write stores besides
+/// the content.
+pub fn check_resource(
+    state: &AppState,
+    ty: ResourceType,
+    resource: &Map<String, Value>,
+    url_id: Option<&str>,
+) -> Result<Derived, AppError> {
+    match resource.get("resourceType").and_then(Value::as_str) {
+        Some(t) if t == ty.as_str() => {}
+        Some(_) => {
+            return Err(AppError::invalid(
+                IssueType::Invalid,
+                format!("resourceType does not match the URL: this endpoint takes {ty}"),
+            ))
+        }
+        None => return Err(AppError::invalid(IssueType::Required, "the resource has no resourceType")),
+    }
+    if let Some(url_id) = url_id {
+        // R4 http.html#update: the body must carry the id of the URL.
+        match resource.get("id").and_then(Value::as_str) {
+            Some(id) if id == url_id => {}
+            Some(_) => {
+                return Err(AppError::invalid(IssueType::Invalid, "the resource id does not match the id in the URL"))
+            }
+            None => return Err(AppError::invalid(IssueType::Required, "an update must carry the resource id")),
+        }
+    }
+    let report = validate::validate(&state.registry.definitions, resource);
+    if !report.issues.is_empty() {
+        return Err(AppError::BadRequest(report.issues));
+    }
+    let value = Value::Object(resource.clone());
+    Ok(state.registry.derive(ty.as_str(), &value, report.references, &state.base_url))
+}
+
+/// Parses the search of a conditional interaction (`identifier=http://sys|123`, with or without
+/// a leading `Type?`) with the same parser as search. Unknown parameters are errors here:
+/// ignoring one would widen the condition. `what` names the source in errors.
+pub fn parse_condition(state: &AppState, ty: ResourceType, text: &str, what: &str) -> Result<Vec<Filter>, AppError> {
+    let text = text.split_once('?').map_or(text, |(_, q)| q);
+    let pairs = query_pairs(text.as_bytes())?;
+    let options = query::ParseOptions { base_url: &state.base_url, strict: true, max_count: 2 };
+    let parsed = query::parse(&state.registry.search, ty.as_str(), &pairs, options)
+        .map_err(|e| AppError::invalid(IssueType::Invalid, format!("{what}: {e}")))?;
+    if parsed.filters.is_empty() {
+        return Err(AppError::invalid(IssueType::Invalid, format!("{what} must name at least one search parameter")));
+    }
+    Ok(parsed.filters)
+}
+
+/// Runs one write interaction inside `tx`.
+pub async fn execute(state: &AppState, tx: &mut WriteTx, write: &Write) -> Result<Done, AppError> {
+    let ty = write.ty;
+    match &write.kind {
+        WriteKind::Create { id, resource, derived, if_none_exist } => {
+            if let Some(filters) = if_none_exist {
+                if let Some(found) = find_one(tx, ty, filters).await? {
+                    // R4 http.html#ccreate: one match, the request is ignored and the match returned.
+                    let version = tx.current(ty, &found).await?;
+                    return Ok(Done { status: StatusCode::OK, version, message: format!("{ty}/{found} matched") });
+                }
+            }
+            let written = tx.write(ty, id, Change::Create(resource.clone()), derived.into()).await?;
+            Ok(Done::stored(written, ty, id))
+        }
+        WriteKind::Update { target, resource, derived, expect } => {
+            let body_id = resource.get("id").and_then(Value::as_str);
+            // R4 http.html#cond-update: no match creates (with the client's id, if any); one
+            // match is updated, and a body id must be that match's.
+            let id = match target {
+                Target::Id(id) => id.clone(),
+                Target::Search(filters) => match (find_one(tx, ty, filters).await?, body_id) {
+                    (Some(found), Some(given)) if given != found => {
+                        return Err(AppError::invalid(
+                            IssueType::Invalid,
+                            "the resource id is not the id of the resource the condition matched",
+                        ))
+                    }
+                    (Some(found), _) => found,
+                    (None, Some(given)) => given.to_owned(),
+                    (None, None) => {
+                        let id = uuid::Uuid::new_v4().to_string();
+                        let written = tx.write(ty, &id, Change::Create(resource.clone()), derived.into()).await?;
+                        return Ok(Done::stored(written, ty, &id));
+                    }
+                },
+            };
+            let mut resource = resource.clone();
+            resource.insert("id".into(), Value::from(id.as_str()));
+            let written = tx.write(ty, &id, Change::Update { resource, expect: *expect }, derived.into()).await?;
+            Ok(Done::stored(written, ty, &id))
+        }
+        WriteKind::Patch { target, patch, expect } => {
+            let id = match target {
+                Target::Id(id) => id.clone(),
+                Target::Search(filters) => find_one(tx, ty, filters)
+                    .await?
+                    .ok_or_else(|| AppError::NotFound(format!("a {ty} matching the condition")))?,
+            };
+            let current = match tx.current(ty, &id).await? {
+                None => return Err(AppError::NotFound(format!("{ty}/{id}"))),
+                Some(v) if v.is_deleted() => return Err(AppError::Gone(format!("{ty}/{id}"))),
+                Some(v) => v,
+            };
+            if matches!(expect, Expect::Version(v) if *v != current.version_id) {
+                return Err(StoreError::VersionConflict.into());
+            }
+            let mut content: Value = serde_json::from_str(current.content.as_deref().unwrap_or("{}"))
+                .map_err(|_| AppError::Internal(StoreError::Corrupt))?;
+            patch.apply(&state.registry.definitions, ty.as_str(), &mut content).map_err(|e| match e {
+                PatchError::Malformed(why) => AppError::invalid(IssueType::Invalid, why),
+                PatchError::Failed(why) => AppError::Unprocessable(vec![Issue::error(
+                    IssueType::Processing,
+                    format!("the patch failed: {why}"),
+                )]),
+            })?;
+            let Value::Object(patched) = content else {
+                return Err(AppError::Unprocessable(vec![Issue::error(
+                    IssueType::Processing,
+                    "the patch did not leave a resource",
+                )]));
+            };
+            // An invalid result is the patch's fault, not a malformed request.
+            let derived = check_resource(state, ty, &patched, Some(&id)).map_err(|e| match e {
+                AppError::BadRequest(issues) => AppError::Unprocessable(issues),
+                other => other,
+            })?;
+            let change = Change::Update { resource: patched, expect: Expect::Version(current.version_id) };
+            let written = tx.write(ty, &id, change, (&derived).into()).await?;
+            Ok(Done::stored(written, ty, &id))
+        }
+        WriteKind::Delete { target: Target::Id(id), expect } => {
+            let written = tx.write(ty, id, Change::Delete { expect: *expect }, Default::default()).await?;
+            Ok(Done::stored(written, ty, id))
+        }
+        WriteKind::Delete { target: Target::Search(filters), expect } => {
+            // R4 http.html#cdelete: several matches are deleted only where the server is
+            // configured to; otherwise they are refused with 412.
+            let max = state.limits.max_conditional_deletes.max(1);
+            let ids = tx.find(ty, filters, max as i64 + 1).await?;
+            if ids.len() > max {
+                return Err(AppError::PreconditionFailed(if max == 1 {
+                    format!("the condition matched several {ty} resources; it must match at most one")
+                } else {
+                    format!("the condition matched more than {max} {ty} resources, the most one delete may remove")
+                }));
+            }
+            let mut last = None;
+            for id in &ids {
+                if let Written::Stored { version, .. } =
+                    tx.write(ty, id, Change::Delete { expect: *expect }, Default::default()).await?
+                {
+                    last = Some(version);
+                }
+            }
+            let message = match ids.len() {
+                0 => format!("no {ty} matched the condition; nothing to do"),
+                1 => format!("{ty}/{} deleted", ids[0]),
+                n => format!("{n} {ty} resources deleted"),
+            };
+            Ok(Done { status: StatusCode::NO_CONTENT, version: if ids.len() == 1 { last } else { None }, message })
+        }
+    }
+}
+
+/// The id of the one current resource matching `filters`, if any; 412 when several match.
+async fn find_one(tx: &mut WriteTx, ty: ResourceType, filters: &[Filter]) -> Result<Option<String>, AppError> {
+    let mut ids = tx.find(ty, filters, 2).await?;
+    match ids.len() {
+        0 | 1 => Ok(ids.pop()),
+        _ => Err(AppError::PreconditionFailed(format!(
+            "the condition matched several {ty} resources; it must match at most one"
+        ))),
+    }
+}

@@ -1,0 +1,346 @@
+//! Write transactions: one or many changes that commit together or not at all.
+//!
+//! A single create, update, patch or delete is a transaction of one change; a transaction
+//! Bundle is a transaction of many. Each change writes the current row (compare-and-swap on
+//! the version), a history row, and the index and link rows of the new version. Referential
+//! integrity is checked once, at commit, against the transaction's final state: so the entries
+//! of a Bundle may reference each other in any order, and a Bundle may delete a resource and
+//! drop the references to it in the same go.
+
+use serde_json::{Map, Value};
+use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
+
+use super::search_sql::{self, Bind, Compiler};
+use super::sql::{self, Dialect, POSTGRES, SQLITE};
+use super::{bind_all, Db, Store, StoreError, Version, WriteExtras};
+use crate::fhir::registry::ResourceType;
+use crate::fhir::search::query::Filter;
+use crate::fhir::validate::LocalReference;
+use crate::fhir::{self, Millis};
+
+/// How often a transaction is run again when it lost to a concurrent writer (a lost
+/// compare-and-swap race, or a deadlock or serialisation victim).
+pub const WRITE_ATTEMPTS: usize = 8;
+
+/// What a change expects of the resource's current version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Any,
+    /// `If-Match`: the current version is this one.
+    Version(i64),
+    /// `If-None-Match: *`: the resource does not exist (or is deleted).
+    Absent,
+}
+
+/// A change to one resource.
+#[derive(Debug)]
+pub enum Change {
+    /// A new resource with a server-assigned id.
+    Create(Map<String, Value>),
+    /// A new version (or, with the client's id, a new resource).
+    Update {
+        resource: Map<String, Value>,
+        expect: Expect,
+    },
+    Delete {
+        expect: Expect,
+    },
+}
+
+/// What a change did.
+#[derive(Debug)]
+pub enum Written {
+    /// A new version was stored; `created` when the resource did not exist (or was deleted).
+    Stored { version: Version, created: bool },
+    /// Delete of a resource that does not exist or is already deleted: nothing changed.
+    Unchanged,
+}
+
+/// An integrity rule a change leaves to be checked at commit.
+enum Check {
+    /// The local references of a written resource resolve to live resources.
+    Resolves(Vec<LocalReference>),
+    /// Nothing references a deleted resource.
+    Unreferenced { ty: &'static str, id: String },
+}
+
+enum Tx {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+/// An open write transaction. Dropping it without [`WriteTx::commit`] rolls it back.
+pub struct WriteTx {
+    tx: Tx,
+    /// Integrity checks for commit, each with the position of the change that asked for it.
+    checks: Vec<(usize, Check)>,
+    changes: usize,
+}
+
+/// Runs `$body` on the transaction's connection with the engine's [`Dialect`]; compiled once
+/// per engine, like `on_db!`.
+macro_rules! on_tx {
+    ($tx:expr, |$conn:ident, $dialect:ident| $body:expr) => {
+        match &mut $tx {
+            Tx::Sqlite(t) => {
+                let $conn: &mut SqliteConnection = t;
+                let $dialect: &Dialect = &SQLITE;
+                $body
+            }
+            Tx::Postgres(t) => {
+                let $conn: &mut PgConnection = t;
+                let $dialect: &Dialect = &POSTGRES;
+                $body
+            }
+        }
+    };
+}
+
+/// Errors that a fresh attempt of the same transaction may not meet again.
+pub trait Contended {
+    fn is_contention(&self) -> bool;
+}
+
+impl Contended for StoreError {
+    fn is_contention(&self) -> bool {
+        matches!(self, Self::Contention)
+    }
+}
+
+/// Runs `$body`, a future that uses the write transaction `$tx`, and commits when it
+/// succeeds; when it or the commit lost to a concurrent writer, runs it again in a new
+/// transaction, up to [`WRITE_ATTEMPTS`] times. Evaluates to the body's result.
+#[macro_export]
+macro_rules! in_transaction {
+    ($store:expr, |$tx:ident| $body:expr) => {{
+        let mut attempt = 1;
+        loop {
+            let mut $tx = $store.begin().await?;
+            let result = $body.await;
+            match $tx.finish(result).await {
+                Err(e) if $crate::store::Contended::is_contention(&e) && attempt < $crate::store::WRITE_ATTEMPTS => {
+                    attempt += 1;
+                }
+                done => break done,
+            }
+        }
+    }};
+}
+
+impl Store {
+    /// Opens a write transaction. On SQLite it holds the one writer connection until it ends.
+    pub async fn begin(&self) -> Result<WriteTx, StoreError> {
+        let tx = match &self.db {
+            Db::Sqlite { writer, .. } => Tx::Sqlite(writer.begin_with(SQLITE.begin_write).await?),
+            Db::Postgres(pool) => Tx::Postgres(pool.begin_with(POSTGRES.begin_write).await?),
+        };
+        Ok(WriteTx { tx, checks: Vec::new(), changes: 0 })
+    }
+}
+
+impl WriteTx {
+    /// Ids of up to `limit` current resources of `ty` that match `filters`: the search of a
+    /// conditional interaction. Serialises with every other transaction that runs the same
+    /// search, so that two conditional creates cannot both find nothing and both create.
+    pub async fn find(&mut self, ty: ResourceType, filters: &[Filter], limit: i64) -> Result<Vec<String>, StoreError> {
+        let clock = fhir::now_millis();
+        let rows: Vec<(String,)> = on_tx!(self.tx, |conn, dialect| {
+            sqlx::query(dialect.lock_condition).bind(condition_lock_key(ty, filters)).execute(&mut *conn).await?;
+            let sql = Compiler::new(dialect, clock).ids(ty.as_str(), filters, limit);
+            bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(&mut *conn).await?
+        });
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// The current version of a resource (a deletion when deleted), locked against concurrent
+    /// writers until this transaction ends.
+    pub async fn current(&mut self, ty: ResourceType, id: &str) -> Result<Option<Version>, StoreError> {
+        Ok(on_tx!(self.tx, |conn, dialect| {
+            sqlx::query_as(dialect.select_current_locked).bind(ty.as_str()).bind(id).fetch_optional(&mut *conn).await?
+        }))
+    }
+
+    /// Applies one change. `extras` are the index rows and local references of the new
+    /// content (empty for a delete).
+    #[tracing::instrument(skip_all, fields(fhir.type = %ty, fhir.id = %id))]
+    pub async fn write(
+        &mut self,
+        ty: ResourceType,
+        id: &str,
+        change: Change,
+        extras: WriteExtras<'_>,
+    ) -> Result<Written, StoreError> {
+        let position = self.changes;
+        self.changes += 1;
+        let written = on_tx!(self.tx, |conn, dialect| {
+            let current: Option<(i64, bool, Millis)> = sqlx::query_as(dialect.select_current_for_write)
+                .bind(ty.as_str())
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            let live = current.filter(|c| !c.1);
+            let holds = |expect: Expect| match expect {
+                Expect::Any => true,
+                Expect::Version(v) => current.is_some_and(|c| c.0 == v),
+                Expect::Absent => live.is_none(),
+            };
+            let (resource, method, new_version) = match change {
+                Change::Create(_) if current.is_some() => return Err(StoreError::Duplicate),
+                Change::Create(resource) => (Some(resource), "POST", 1),
+                Change::Update { expect, .. } | Change::Delete { expect } if !holds(expect) => {
+                    return Err(StoreError::VersionConflict)
+                }
+                Change::Update { resource, .. } => (Some(resource), "PUT", current.map_or(1, |c| c.0 + 1)),
+                Change::Delete { .. } => match live {
+                    None => return Ok(Written::Unchanged),
+                    Some(c) => (None, "DELETE", c.0 + 1),
+                },
+            };
+            // Taken under the write lock, and never before the version it follows: history order
+            // and `_since` rely on lastUpdated growing with the version.
+            let now = current.map_or_else(fhir::now_millis, |c| fhir::now_millis().max(c.2 + 1));
+            let content = resource.map(|mut r| {
+                fhir::stamp(&mut r, id, new_version, now);
+                Value::Object(r).to_string()
+            });
+            let replaced = match current {
+                None => sqlx::query(sql::INSERT_CURRENT),
+                Some(_) => sqlx::query(sql::UPDATE_CURRENT),
+            }
+            .bind(ty.as_str())
+            .bind(id)
+            .bind(new_version)
+            .bind(now)
+            .bind(content.is_none())
+            .bind(content.as_deref())
+            .bind(current.map_or(0, |c| c.0))
+            .execute(&mut *conn)
+            .await?;
+            if replaced.rows_affected() != 1 {
+                // A concurrent transaction created the resource after our read; run again.
+                return Err(StoreError::Contention);
+            }
+            sqlx::query(sql::INSERT_HISTORY)
+                .bind(ty.as_str())
+                .bind(id)
+                .bind(new_version)
+                .bind(now)
+                .bind(method)
+                .bind(content.as_deref())
+                .execute(&mut *conn)
+                .await?;
+            let mut targets: Vec<&LocalReference> = Vec::new();
+            if content.is_some() {
+                targets = extras.references.iter().collect();
+                targets.sort_by(|a, b| (&a.resource_type, &a.id).cmp(&(&b.resource_type, &b.id)));
+                targets.dedup_by(|a, b| a.resource_type == b.resource_type && a.id == b.id);
+            }
+            let index = if content.is_some() { extras.index } else { &[] };
+            // A resource that did not exist has no rows to remove.
+            for statement in search_sql::derived_rows(ty.as_str(), id, index, &targets, current.is_some()) {
+                bind_all!(sqlx::query(&statement.text), statement).execute(&mut *conn).await?;
+            }
+            let version = Version {
+                resource_type: ty.as_str().to_owned(),
+                id: id.to_owned(),
+                version_id: new_version,
+                last_updated: now,
+                method: method.to_owned(),
+                content,
+            };
+            Written::Stored { version, created: live.is_none() }
+        });
+        if let Written::Stored { version, .. } = &written {
+            let check = match version.content {
+                Some(_) => Check::Resolves(extras.references.to_vec()),
+                None => Check::Unreferenced { ty: ty.as_str(), id: id.to_owned() },
+            };
+            self.checks.push((position, check));
+        }
+        Ok(written)
+    }
+
+    /// Checks referential integrity against the final state and commits. A failed check names
+    /// the position of the change (0 for the first) that broke it.
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        self.verify().await?;
+        match self.tx {
+            Tx::Sqlite(t) => t.commit().await?,
+            Tx::Postgres(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+
+    /// Checks referential integrity against the state so far (as `commit` does), without
+    /// committing.
+    pub async fn verify(&mut self) -> Result<(), StoreError> {
+        let checks = std::mem::take(&mut self.checks);
+        on_tx!(self.tx, |conn, dialect| {
+            // Each target once, in a fixed order, so that concurrent transactions take their
+            // share locks in the same order.
+            let mut targets: Vec<(&str, &str)> = checks
+                .iter()
+                .flat_map(|(_, c)| match c {
+                    Check::Resolves(refs) => refs.iter().map(|r| (r.resource_type.as_str(), r.id.as_str())).collect(),
+                    Check::Unreferenced { .. } => Vec::new(),
+                })
+                .collect();
+            targets.sort_unstable();
+            targets.dedup();
+            let mut missing = Vec::new();
+            for target in targets {
+                let found: Option<(i64,)> = sqlx::query_as(dialect.reference_exists)
+                    .bind(target.0)
+                    .bind(target.1)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                if found.is_none() {
+                    missing.push(target);
+                }
+            }
+            for (position, check) in &checks {
+                match check {
+                    Check::Resolves(refs) => {
+                        let broken: Vec<LocalReference> = refs
+                            .iter()
+                            .filter(|r| missing.contains(&(r.resource_type.as_str(), r.id.as_str())))
+                            .cloned()
+                            .collect();
+                        if !broken.is_empty() {
+                            return Err(StoreError::MissingReferences { change: *position, missing: broken });
+                        }
+                    }
+                    Check::Unreferenced { ty, id } => {
+                        let holder: Option<(String, String)> = sqlx::query_as(sql::SELECT_INBOUND_LINK)
+                            .bind(ty)
+                            .bind(id)
+                            .fetch_optional(&mut *conn)
+                            .await?;
+                        if let Some((holder_type, holder_id)) = holder {
+                            return Err(StoreError::Referenced {
+                                change: *position,
+                                holder: format!("{holder_type}/{holder_id}"),
+                            });
+                        }
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Commits when `result` is a success and hands it back; rolls back otherwise.
+    pub async fn finish<T, E: From<StoreError>>(self, result: Result<T, E>) -> Result<T, E> {
+        let value = result?;
+        self.commit().await?;
+        Ok(value)
+    }
+}
+
+/// A stable 64-bit key (FNV-1a) for the advisory lock that serialises conditional interactions
+/// with the same search across connections and replicas.
+fn condition_lock_key(ty: ResourceType, condition: &[Filter]) -> i64 {
+    let text = format!("{ty}?{condition:?}");
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    hash as i64
+}
