@@ -73,7 +73,7 @@ fn serve(database_url: &str) {
         config.db_max_connections = 16;
         let state = liaison::build_state(&config).await.expect("database opens");
         println!("{}", config.listen_addr);
-        let app = liaison::app(state, &config);
+        let app = liaison::app(state);
         liaison::serve(listener, app, std::future::pending()).await.expect("serve");
     });
 }

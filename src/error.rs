@@ -37,16 +37,38 @@ pub enum AppError {
     UnsupportedMediaType(String),
     #[error("payload too large")]
     PayloadTooLarge,
+    /// A Bundle with more entries than the configured maximum.
+    #[error("too many bundle entries")]
+    TooManyEntries(usize),
     #[error("service unavailable")]
     Unavailable(#[source] StoreError),
     #[error("internal error")]
     Internal(#[source] StoreError),
+    /// The error of entry `.0` of a Bundle: its status, with issues that name the entry.
+    #[error("bundle entry {0} failed")]
+    InEntry(usize, Box<AppError>),
 }
 
 impl AppError {
     /// A 400 with one issue.
     pub fn invalid(code: IssueType, diagnostics: impl Into<String>) -> Self {
         Self::BadRequest(vec![Issue::error(code, diagnostics)])
+    }
+
+    /// This error, located at entry `index` of a Bundle.
+    pub fn in_entry(self, index: usize) -> Self {
+        match self {
+            Self::InEntry(..) => self,
+            other => Self::InEntry(index, Box::new(other)),
+        }
+    }
+
+    /// The error itself, without the Bundle entry it happened in.
+    fn innermost(&self) -> &Self {
+        match self {
+            Self::InEntry(_, inner) => inner.innermost(),
+            other => other,
+        }
     }
 
     /// The issues this error answers with.
@@ -80,10 +102,39 @@ impl AppError {
             Self::NotAcceptable(why) => one(StatusCode::NOT_ACCEPTABLE, T::NotSupported, why),
             Self::UnsupportedMediaType(why) => one(StatusCode::UNSUPPORTED_MEDIA_TYPE, T::NotSupported, why),
             Self::PayloadTooLarge => one(StatusCode::PAYLOAD_TOO_LARGE, T::TooLong, "the request body is too large"),
+            Self::TooManyEntries(max) => one(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                T::TooLong,
+                &format!("the Bundle has more than {max} entries, the most this server takes in one request"),
+            ),
             Self::Unavailable(_) => {
                 one(StatusCode::SERVICE_UNAVAILABLE, T::Transient, "the database is unavailable; retry later")
             }
             Self::Internal(_) => one(StatusCode::INTERNAL_SERVER_ERROR, T::Exception, "internal server error"),
+            Self::InEntry(index, inner) => {
+                let (status, issues) = inner.status_and_issues();
+                let entry = format!("Bundle.entry[{index}]");
+                let located = issues
+                    .into_iter()
+                    .map(|mut issue| {
+                        issue.diagnostics = format!("{entry}: {}", issue.diagnostics);
+                        // `CarePlan.status` in the entry's resource is `Bundle.entry[i].resource.status`.
+                        issue.expression = match issue.expression.is_empty() {
+                            true => vec![entry.clone()],
+                            false => issue
+                                .expression
+                                .iter()
+                                .map(|e| match e.split_once('.') {
+                                    Some((_, rest)) => format!("{entry}.resource.{rest}"),
+                                    None => format!("{entry}.resource"),
+                                })
+                                .collect(),
+                        };
+                        issue
+                    })
+                    .collect();
+                (status, located)
+            }
         }
     }
 }
@@ -122,14 +173,14 @@ impl From<StoreError> for AppError {
 
 impl crate::store::Contended for AppError {
     fn is_contention(&self) -> bool {
-        matches!(self, Self::Unavailable(StoreError::Contention))
+        matches!(self.innermost(), Self::Unavailable(StoreError::Contention))
     }
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, issues) = self.status_and_issues();
-        match &self {
+        match self.innermost() {
             Self::Internal(source) | Self::Unavailable(source) => {
                 // The log gets the error kind and the database's code, never its message (a
                 // PostgreSQL DETAIL can quote row contents); the client gets the generic text.

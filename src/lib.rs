@@ -58,13 +58,14 @@ pub async fn build_state(config: &Config) -> Result<AppState, store::StoreError>
         total_count_cap: config.total_count_cap,
         max_conditional_deletes: config.max_conditional_deletes as usize,
         max_bundle_entries: config.max_bundle_entries as usize,
+        max_body_bytes: config.max_body_bytes,
     };
     Ok(AppState::new(store, registry, base_url, limits))
 }
 
 /// The application router for `state`.
-pub fn app(state: AppState, config: &Config) -> Router {
-    http::router(state, config.max_body_bytes)
+pub fn app(state: AppState) -> Router {
+    http::router(state)
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then finishes in-flight requests.

@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
 
     let state = liaison::build_state(&config).await.context("opening the database")?;
     tokio::spawn(liaison::maintain(state.clone()));
-    let app = liaison::app(state, &config);
+    let app = liaison::app(state);
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;

@@ -31,6 +31,8 @@ pub struct Limits {
     pub max_conditional_deletes: usize,
     /// The most entries of a batch or transaction Bundle.
     pub max_bundle_entries: usize,
+    /// The largest request body, in bytes (the entries of a batch are dispatched with it).
+    pub max_body_bytes: usize,
 }
 
 impl AppState {

@@ -67,7 +67,7 @@ pub fn capability_statement(state: &AppState) -> Value {
         "rest": [{
             "mode": "server",
             "resource": resources,
-            "interaction": [{ "code": "history-system" }],
+            "interaction": [{ "code": "transaction" }, { "code": "batch" }, { "code": "history-system" }],
         }],
     })
 }

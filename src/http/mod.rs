@@ -2,6 +2,7 @@
 //! (request id, tracing, body limit). Handlers are generic over resource types; the registry
 //! decides which types exist.
 
+mod bundle;
 mod capabilities;
 mod history;
 mod interaction;
@@ -26,8 +27,10 @@ use crate::state::AppState;
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The complete router, ready to serve.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+pub fn router(state: AppState) -> Router {
+    let max_body_bytes = state.limits.max_body_bytes;
     let fhir = Router::new()
+        .route("/", post(bundle::process))
         .route("/metadata", get(capabilities::metadata))
         .route("/_history", get(history::system))
         .route(

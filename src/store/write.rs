@@ -145,7 +145,8 @@ impl WriteTx {
     pub async fn find(&mut self, ty: ResourceType, filters: &[Filter], limit: i64) -> Result<Vec<String>, StoreError> {
         let clock = fhir::now_millis();
         let rows: Vec<(String,)> = on_tx!(self.tx, |conn, dialect| {
-            sqlx::query(dialect.lock_condition).bind(condition_lock_key(ty, filters)).execute(&mut *conn).await?;
+            let key = lock_key(&format!("{ty}?{filters:?}"));
+            sqlx::query(dialect.lock_condition).bind(key).execute(&mut *conn).await?;
             let sql = Compiler::new(dialect, clock).ids(ty.as_str(), filters, limit);
             bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(&mut *conn).await?
         });
@@ -158,6 +159,29 @@ impl WriteTx {
         Ok(on_tx!(self.tx, |conn, dialect| {
             sqlx::query_as(dialect.select_current_locked).bind(ty.as_str()).bind(id).fetch_optional(&mut *conn).await?
         }))
+    }
+
+    /// Locks the resources a transaction is about to write, in one global order, so that
+    /// transactions writing overlapping sets queue instead of deadlocking (PostgreSQL waits a
+    /// second before it detects a deadlock). SQLite has one writer and needs none.
+    pub async fn lock_resources<'a>(
+        &mut self,
+        resources: impl Iterator<Item = (ResourceType, &'a str)>,
+    ) -> Result<(), StoreError> {
+        let mut keys: Vec<i64> = resources.map(|(ty, id)| lock_key(&format!("{ty}/{id}"))).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        on_tx!(self.tx, |conn, dialect| {
+            for key in keys {
+                sqlx::query(dialect.lock_condition).bind(key).execute(&mut *conn).await?;
+            }
+        });
+        Ok(())
+    }
+
+    /// How many changes this transaction has applied.
+    pub fn changes(&self) -> usize {
+        self.changes
     }
 
     /// Applies one change. `extras` are the index rows and local references of the new
@@ -337,10 +361,9 @@ impl WriteTx {
     }
 }
 
-/// A stable 64-bit key (FNV-1a) for the advisory lock that serialises conditional interactions
-/// with the same search across connections and replicas.
-fn condition_lock_key(ty: ResourceType, condition: &[Filter]) -> i64 {
-    let text = format!("{ty}?{condition:?}");
+/// A stable 64-bit key (FNV-1a) for an advisory lock: on a search (conditional interactions
+/// with the same search serialise across connections and replicas) or on a resource.
+fn lock_key(text: &str) -> i64 {
     let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     hash as i64
 }

@@ -174,7 +174,7 @@ impl TestApp {
         config.db_max_connections = 4;
         configure(&mut config);
         let state = liaison::build_state(&config).await.expect("store opens and migrates");
-        let router = liaison::app(state, &config);
+        let router = liaison::app(state);
         Self { router, backend, database_url: database_url.to_owned() }
     }
 

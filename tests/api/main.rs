@@ -5,6 +5,7 @@
 //! trial per engine, and so that PostgreSQL trials show up as ignored (counted in the summary)
 //! when no server is reachable outside CI. With `CI` set they always run.
 
+mod bundle;
 mod concurrency;
 mod conditional;
 mod crud;
@@ -83,6 +84,13 @@ fn main() {
         conditional::conditional_delete_rules,
         conditional::conditional_patch_rules,
         conditional::capability_statement_matches_behaviour,
+        bundle::referral_packet_lands_with_references_resolved,
+        bundle::a_bad_entry_fails_the_whole_transaction,
+        bundle::conditional_entries_patches_and_preconditions,
+        bundle::delete_and_unlink_in_one_transaction,
+        bundle::batch_isolates_failures,
+        bundle::bundle_shape_and_limits,
+        bundle::concurrent_transactions_stay_consistent,
         search::token_search_forms,
         search::string_search_is_case_and_accent_insensitive,
         search::reference_search_forms,

@@ -82,7 +82,9 @@ pub async fn metadata_lists_exactly_what_is_served(app: TestApp) {
         }
         app.get(&format!("{ty}/unknown-id")).await.expect(404);
     }
-    assert_eq!(cs["rest"][0]["interaction"][0]["code"], "history-system");
+    let system: Vec<&str> =
+        cs["rest"][0]["interaction"].as_array().unwrap().iter().filter_map(|i| i["code"].as_str()).collect();
+    assert_eq!(system, ["transaction", "batch", "history-system"]);
     // The statement itself is a valid R4 resource.
     let defs = liaison::fhir::definitions::Definitions::r4();
     let report = liaison::fhir::validate::validate(&defs, cs.as_object().unwrap());
