@@ -5,6 +5,7 @@
 //!
 //!     cargo run --release --example bench -- --patients 2000
 //!     cargo run --release --example bench -- --engine postgres --patients 66667   # ≈ 1,000,000 resources
+//!     cargo run --release --example bench -- --packets-only --packets 100          # transaction Bundles
 //!
 //! Each patient brings 15 resources (a condition, three encounters, two PHQ-9 observations, a
 //! questionnaire response, two goals, a care team, two care plans, a referral and its task);
@@ -46,6 +47,13 @@ struct Args {
     /// The SQLite database file (default: a fresh one in a temporary directory).
     #[arg(long)]
     sqlite_file: Option<std::path::PathBuf>,
+    /// Referral packets to load as transaction Bundles (15 resources each, linked by urn:uuid)
+    /// after the single-resource load.
+    #[arg(long, default_value_t = 100)]
+    packets: usize,
+    /// Load only the shared resources and the transaction packets, then stop.
+    #[arg(long)]
+    packets_only: bool,
     /// Internal: run as the server, on this database URL.
     #[arg(long, hide = true)]
     serve: Option<String>,
@@ -90,7 +98,8 @@ struct Target {
 
 impl Target {
     async fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Bytes), String> {
-        let mut req = hyper::Request::builder().method(method).uri(format!("{}/{path}", self.base));
+        let uri = if path.is_empty() { self.base.clone() } else { format!("{}/{path}", self.base) };
+        let mut req = hyper::Request::builder().method(method).uri(uri);
         if body.is_some() {
             req = req.header("content-type", "application/fhir+json");
         }
@@ -148,6 +157,15 @@ async fn run(args: Args) {
         args.concurrency,
         args.requests
     );
+    if args.packets_only {
+        for r in shared() {
+            put(&target, &r).await;
+        }
+        load_packets(&target, &args).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        return;
+    }
     if args.reuse {
         println!("load: reusing the loaded database");
     } else {
@@ -159,6 +177,9 @@ async fn run(args: Args) {
             "load: {loaded} resources in {secs:.1} s = {:.0} resources/s (PUT, one resource per request)",
             loaded as f64 / secs
         );
+    }
+    if !args.reuse {
+        load_packets(&target, &args).await;
     }
     analyze(&database_url).await;
     println!(
@@ -413,4 +434,72 @@ async fn load(target: &Arc<Target>, args: &Args) {
     for t in tasks {
         t.await.expect("loader");
     }
+}
+
+/// Patient `i`'s resources as a transaction Bundle of POSTs, as a referring system sends them:
+/// server-assigned ids, references between them by urn:uuid.
+fn packet(i: usize) -> Value {
+    let resources = patient_bundle(i);
+    let urn = |k: usize| format!("urn:uuid:00000000-0000-4000-8000-{:06}{:06}", i % 1_000_000, k);
+    let local: std::collections::HashMap<String, String> = resources
+        .iter()
+        .enumerate()
+        .map(|(k, r)| (format!("{}/{}", r["resourceType"].as_str().unwrap_or(""), r["id"].as_str().unwrap_or("")), urn(k)))
+        .collect();
+    let entries: Vec<Value> = resources
+        .into_iter()
+        .enumerate()
+        .map(|(k, mut r)| {
+            let ty = r["resourceType"].as_str().unwrap_or("").to_owned();
+            r.as_object_mut().map(|o| o.remove("id"));
+            let mut text = r.to_string();
+            for (reference, full_url) in &local {
+                text = text.replace(&format!("\"reference\":\"{reference}\""), &format!("\"reference\":\"{full_url}\""));
+            }
+            let resource: Value = serde_json::from_str(&text).expect("JSON");
+            json!({"fullUrl": urn(k), "resource": resource, "request": {"method": "POST", "url": ty}})
+        })
+        .collect();
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+}
+
+/// Posts `--packets` referral packets as transaction Bundles from `--concurrency` clients and
+/// prints the resources stored per second.
+async fn load_packets(target: &Arc<Target>, args: &Args) {
+    if args.packets == 0 {
+        return;
+    }
+    let first = args.patients + 1_000_000;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (target, next, packets) = (target.clone(), next.clone(), args.packets);
+        tasks.push(tokio::spawn(async move {
+            let mut stored = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= packets {
+                    break stored;
+                }
+                let bundle = packet(first + i);
+                match target.send("POST", "", Some(&bundle)).await {
+                    Ok((200, _)) => stored += bundle["entry"].as_array().map_or(0, Vec::len),
+                    Ok((status, body)) => panic!("packet {i}: {status} {}", String::from_utf8_lossy(&body)),
+                    Err(e) => panic!("packet {i}: {e}"),
+                }
+            }
+        }));
+    }
+    let mut stored = 0;
+    for t in tasks {
+        stored += t.await.expect("packet loader");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "transaction packets: {} Bundles, {stored} resources in {secs:.2} s = {:.0} resources/s, {:.1} Bundles/s",
+        args.packets,
+        stored as f64 / secs,
+        args.packets as f64 / secs
+    );
 }
