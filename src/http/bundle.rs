@@ -171,7 +171,7 @@ fn read_entry(state: &AppState, index: usize, raw: Value) -> Result<Entry, AppEr
         text(request.get("url")).ok_or_else(|| AppError::invalid(IssueType::Required, "request.url is missing"))?;
     // An absolute URL on this server is taken as relative to the base.
     let url = url.strip_prefix(&state.base_url).unwrap_or(&url).trim_start_matches('/').to_owned();
-    if url.is_empty() || url.chars().any(char::is_control) {
+    if url.is_empty() || url.starts_with('?') || url.chars().any(char::is_control) {
         return Err(invalid("request.url must name a resource type, resource or search on this server"));
     }
     let entry = Entry {
