@@ -444,7 +444,9 @@ fn packet(i: usize) -> Value {
     let local: std::collections::HashMap<String, String> = resources
         .iter()
         .enumerate()
-        .map(|(k, r)| (format!("{}/{}", r["resourceType"].as_str().unwrap_or(""), r["id"].as_str().unwrap_or("")), urn(k)))
+        .map(|(k, r)| {
+            (format!("{}/{}", r["resourceType"].as_str().unwrap_or(""), r["id"].as_str().unwrap_or("")), urn(k))
+        })
         .collect();
     let entries: Vec<Value> = resources
         .into_iter()
@@ -454,7 +456,8 @@ fn packet(i: usize) -> Value {
             r.as_object_mut().map(|o| o.remove("id"));
             let mut text = r.to_string();
             for (reference, full_url) in &local {
-                text = text.replace(&format!("\"reference\":\"{reference}\""), &format!("\"reference\":\"{full_url}\""));
+                text =
+                    text.replace(&format!("\"reference\":\"{reference}\""), &format!("\"reference\":\"{full_url}\""));
             }
             let resource: Value = serde_json::from_str(&text).expect("JSON");
             json!({"fullUrl": urn(k), "resource": resource, "request": {"method": "POST", "url": ty}})
