@@ -1,6 +1,7 @@
 //! Configuration: command-line flags, each also read from an environment variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Parser;
 
@@ -47,6 +48,27 @@ pub struct Config {
     #[arg(long, env = "LIAISON_MAX_BUNDLE_ENTRIES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_bundle_entries: u32,
 
+    /// PEM certificate chain for HTTPS; with `--tls-key`, the server speaks only TLS 1.3 and 1.2.
+    #[arg(long, env = "LIAISON_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "LIAISON_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle for mutual TLS: every client must present a certificate that chains to it.
+    #[arg(long, env = "LIAISON_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Seconds between checks for changed certificate files (0: only on SIGHUP).
+    #[arg(long, env = "LIAISON_TLS_RELOAD_SECONDS", default_value_t = 60)]
+    pub tls_reload_seconds: u64,
+
+    /// Serve on a non-loopback address without TLS or without authorization. Only for a
+    /// network that is protected otherwise (a TLS-terminating proxy that also authenticates).
+    #[arg(long, env = "LIAISON_ALLOW_INSECURE_EXPOSURE")]
+    pub allow_insecure_exposure: bool,
+
     /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `liaison=debug,sqlx=warn`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log_level: String,
@@ -68,8 +90,56 @@ impl Config {
     pub fn base_url(&self) -> String {
         match &self.base_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
-            None => format!("http://{}/fhir", self.listen_addr),
+            None => format!("{}://{}/fhir", self.scheme(), self.listen_addr),
         }
+    }
+
+    /// The scheme of the listener.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Whether authorization is configured.
+    pub fn auth_configured(&self) -> bool {
+        false
+    }
+
+    /// Refuses a configuration that would expose unprotected data: a non-loopback address
+    /// needs TLS and authorization unless `--allow-insecure-exposure` says otherwise. Returns
+    /// the warning to log loudly when the server runs without authorization.
+    pub fn check_exposure(&self) -> Result<Option<String>, String> {
+        let loopback = self.listen_addr.ip().is_loopback();
+        let (tls, auth) = (self.tls_cert.is_some(), self.auth_configured());
+        let protected = tls && auth;
+        if !(loopback || protected || self.allow_insecure_exposure) {
+            let missing = match (tls, auth) {
+                (false, false) => "TLS and authorization",
+                (false, true) => "TLS",
+                _ => "authorization",
+            };
+            return Err(format!(
+                "refusing to serve on {} without {missing}: configure them, listen on a loopback \
+                 address, or pass --allow-insecure-exposure if a proxy in front protects this address",
+                self.listen_addr
+            ));
+        }
+        Ok(match (auth, loopback) {
+            (true, _) => None,
+            (false, true) => Some(format!(
+                "NO AUTHORIZATION CONFIGURED: every client on this machine can read and write everything; \
+                 serving on the loopback address {} only",
+                self.listen_addr
+            )),
+            (false, false) => Some(format!(
+                "NO AUTHORIZATION CONFIGURED and serving on {} (--allow-insecure-exposure): anyone who \
+                 reaches this address can read and write everything",
+                self.listen_addr
+            )),
+        })
     }
 
     /// Settings for tests and embedding: defaults, with the given database.
@@ -92,6 +162,11 @@ impl std::fmt::Debug for Config {
             .field("total_count_cap", &self.total_count_cap)
             .field("max_conditional_deletes", &self.max_conditional_deletes)
             .field("max_bundle_entries", &self.max_bundle_entries)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key.as_ref().map(|_| "(set)"))
+            .field("tls_client_ca", &self.tls_client_ca)
+            .field("tls_reload_seconds", &self.tls_reload_seconds)
+            .field("allow_insecure_exposure", &self.allow_insecure_exposure)
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
             .finish()

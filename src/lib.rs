@@ -22,14 +22,13 @@ pub mod config;
 pub mod error;
 pub mod fhir;
 pub mod http;
+mod serve;
 pub mod state;
 pub mod store;
 pub mod telemetry;
-
-use std::future::Future;
+pub mod tls;
 
 use axum::Router;
-use tokio::net::TcpListener;
 
 pub use config::Config;
 pub use state::AppState;
@@ -68,13 +67,48 @@ pub fn app(state: AppState) -> Router {
     http::router(state)
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then finishes in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+pub use serve::{serve, Peer};
+
+/// Loads the TLS configuration named by `config`, if any.
+pub fn load_tls(config: &Config) -> Result<Option<std::sync::Arc<tls::Tls>>, tls::TlsError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
+    let files = tls::TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: config.tls_client_ca.clone() };
+    Ok(Some(std::sync::Arc::new(tls::Tls::load(files)?)))
+}
+
+/// Reloads the certificate files when they change (checked every `every`), and on SIGHUP.
+pub async fn reload_tls(tls: std::sync::Arc<tls::Tls>, every: std::time::Duration) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(if every.is_zero() { std::time::Duration::from_secs(3600) } else { every });
+    tick.tick().await;
+    loop {
+        #[cfg(unix)]
+        let signalled = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await.is_some(),
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signalled = std::future::pending::<bool>();
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            _ = signalled => true,
+        };
+        let result = if forced {
+            tls.reload().map(|()| true)
+        } else if every.is_zero() {
+            Ok(false)
+        } else {
+            tls.reload_if_changed()
+        };
+        match result {
+            Ok(true) => tracing::info!("TLS certificates reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "reloading TLS certificates failed; keeping the previous ones"),
+        }
+    }
 }
 
 /// Keeps the query planner's statistics fresh while the server runs (hourly; only SQLite needs

@@ -10,14 +10,30 @@ async fn main() -> anyhow::Result<()> {
     liaison::telemetry::init(&config);
     tracing::info!(config = ?config, "starting Liaison");
 
+    match config.check_exposure() {
+        Err(refusal) => anyhow::bail!(refusal),
+        Ok(Some(warning)) => tracing::warn!("{warning}"),
+        Ok(None) => {}
+    }
+    let tls = liaison::load_tls(&config).context("loading the TLS certificate")?;
     let state = liaison::build_state(&config).await.context("opening the database")?;
     tokio::spawn(liaison::maintain(state.clone()));
     let app = liaison::app(state);
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;
-    tracing::info!(address = %config.listen_addr, base_url = %config.base_url(), "serving FHIR R4");
-    liaison::serve(listener, app, shutdown_signal()).await.context("serving")?;
+    if let Some(tls) = &tls {
+        let every = std::time::Duration::from_secs(config.tls_reload_seconds);
+        tokio::spawn(liaison::reload_tls(tls.clone(), every));
+    }
+    tracing::info!(
+        address = %config.listen_addr,
+        base_url = %config.base_url(),
+        tls = tls.is_some(),
+        mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()),
+        "serving FHIR R4"
+    );
+    liaison::serve(listener, app, tls, shutdown_signal()).await.context("serving")?;
     tracing::info!("stopped");
     Ok(())
 }

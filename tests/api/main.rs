@@ -15,6 +15,7 @@ mod history;
 mod patch;
 mod protocol;
 mod search;
+mod tls;
 mod validation;
 
 use helpers::{Backend, TestFn};
@@ -91,6 +92,10 @@ fn main() {
         bundle::batch_isolates_failures,
         bundle::bundle_shape_and_limits,
         bundle::concurrent_transactions_stay_consistent,
+        tls::https_with_tls_12_and_13_only,
+        tls::mutual_tls_requires_a_client_certificate,
+        tls::certificates_reload_without_restart,
+        tls::unprotected_exposure_is_refused,
         search::token_search_forms,
         search::string_search_is_case_and_accent_insensitive,
         search::reference_search_forms,
