@@ -64,6 +64,31 @@ pub struct Config {
     #[arg(long, env = "LIAISON_TLS_RELOAD_SECONDS", default_value_t = 60)]
     pub tls_reload_seconds: u64,
 
+    /// OAuth2 issuer whose bearer tokens (JWTs, RS256 or ES256) are accepted; setting it turns
+    /// authorization on.
+    #[arg(long, env = "LIAISON_AUTH_ISSUER", requires_all = ["auth_audience", "auth_jwks"])]
+    pub auth_issuer: Option<String>,
+
+    /// The audience tokens must name (usually this server's base URL).
+    #[arg(long, env = "LIAISON_AUTH_AUDIENCE", requires = "auth_issuer")]
+    pub auth_audience: Option<String>,
+
+    /// The issuer's public keys: a JWKS file, or an `https://` URL.
+    #[arg(long, env = "LIAISON_AUTH_JWKS", requires = "auth_issuer")]
+    pub auth_jwks: Option<String>,
+
+    /// Seconds before the JWKS is fetched again (also on a token naming an unknown key).
+    #[arg(long, env = "LIAISON_AUTH_JWKS_REFRESH_SECONDS", default_value_t = 300)]
+    pub auth_jwks_refresh_seconds: u64,
+
+    /// The issuer's authorization endpoint, advertised in the SMART configuration.
+    #[arg(long, env = "LIAISON_AUTH_AUTHORIZATION_ENDPOINT")]
+    pub auth_authorization_endpoint: Option<String>,
+
+    /// The issuer's token endpoint, advertised in the SMART configuration.
+    #[arg(long, env = "LIAISON_AUTH_TOKEN_ENDPOINT")]
+    pub auth_token_endpoint: Option<String>,
+
     /// Serve on a non-loopback address without TLS or without authorization. Only for a
     /// network that is protected otherwise (a TLS-terminating proxy that also authenticates).
     #[arg(long, env = "LIAISON_ALLOW_INSECURE_EXPOSURE")]
@@ -105,7 +130,17 @@ impl Config {
 
     /// Whether authorization is configured.
     pub fn auth_configured(&self) -> bool {
-        false
+        self.auth_issuer.is_some()
+    }
+
+    /// The token validation settings, when authorization is configured.
+    pub fn auth_settings(&self) -> Option<crate::auth::jwt::AuthSettings> {
+        Some(crate::auth::jwt::AuthSettings {
+            issuer: self.auth_issuer.clone()?,
+            audience: self.auth_audience.clone()?,
+            jwks: crate::auth::jwt::JwksSource::parse(self.auth_jwks.as_deref()?),
+            refresh: std::time::Duration::from_secs(self.auth_jwks_refresh_seconds.max(1)),
+        })
     }
 
     /// Refuses a configuration that would expose unprotected data: a non-loopback address
@@ -167,6 +202,9 @@ impl std::fmt::Debug for Config {
             .field("tls_client_ca", &self.tls_client_ca)
             .field("tls_reload_seconds", &self.tls_reload_seconds)
             .field("allow_insecure_exposure", &self.allow_insecure_exposure)
+            .field("auth_issuer", &self.auth_issuer)
+            .field("auth_audience", &self.auth_audience)
+            .field("auth_jwks", &self.auth_jwks)
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
             .finish()

@@ -29,6 +29,12 @@ pub enum AppError {
     PreconditionFailed(String),
     #[error("conflict")]
     Conflict(String),
+    /// 401: no valid bearer token; the reason, when a token was sent.
+    #[error("unauthorized")]
+    Unauthorized(Option<crate::auth::jwt::TokenError>),
+    /// 403: the token's scopes do not allow this.
+    #[error("forbidden")]
+    Forbidden(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("not acceptable")]
@@ -96,6 +102,11 @@ impl AppError {
             Self::Gone(what) => one(StatusCode::GONE, T::Deleted, &format!("{what} has been deleted")),
             Self::PreconditionFailed(why) => one(StatusCode::PRECONDITION_FAILED, T::Conflict, why),
             Self::Conflict(why) => one(StatusCode::CONFLICT, T::Conflict, why),
+            Self::Unauthorized(None) => {
+                one(StatusCode::UNAUTHORIZED, T::Login, "this server needs a bearer token (Authorization: Bearer …)")
+            }
+            Self::Unauthorized(Some(why)) => one(StatusCode::UNAUTHORIZED, T::Login, &format!("{why}")),
+            Self::Forbidden(why) => one(StatusCode::FORBIDDEN, T::Forbidden, why),
             Self::MethodNotAllowed => {
                 one(StatusCode::METHOD_NOT_ALLOWED, T::NotSupported, "this method is not allowed on this URL")
             }
@@ -191,6 +202,16 @@ impl IntoResponse for AppError {
         let mut response = (status, operation_outcome(&issues).to_string()).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+        if let Self::Unauthorized(why) = self.innermost() {
+            // RFC 6750 §3: the challenge, with the error when a token was refused.
+            let challenge = match why {
+                None => r#"Bearer realm="liaison""#.to_owned(),
+                Some(e) => format!(r#"Bearer realm="liaison", error="invalid_token", error_description="{e}""#),
+            };
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                headers.insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }

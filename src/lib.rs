@@ -18,6 +18,7 @@
 //! (apart from the `meta` elements the server owns); errors carry resource types and ids, never
 //! clinical content; specification references cite R4 page names (e.g. `http.html#update`).
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod fhir;
@@ -33,8 +34,17 @@ use axum::Router;
 pub use config::Config;
 pub use state::AppState;
 
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("opening the database")]
+    Store(#[from] store::StoreError),
+    #[error("loading the authorization keys")]
+    Auth(#[source] auth::jwt::JwksError),
+}
+
 /// Opens and migrates the store named by `config` and builds the application state.
-pub async fn build_state(config: &Config) -> Result<AppState, store::StoreError> {
+pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     let store = store::Store::connect(&config.database_url, config.db_max_connections).await?;
     store.migrate().await?;
     let registry = fhir::registry::Registry::r4();
@@ -59,7 +69,18 @@ pub async fn build_state(config: &Config) -> Result<AppState, store::StoreError>
         max_bundle_entries: config.max_bundle_entries as usize,
         max_body_bytes: config.max_body_bytes,
     };
-    Ok(AppState::new(store, registry, base_url, limits))
+    let state = AppState::new(store, registry, base_url, limits);
+    Ok(match config.auth_settings() {
+        Some(settings) => {
+            let auth = auth::jwt::Authenticator::new(settings).await.map_err(StartError::Auth)?;
+            let smart = state::SmartEndpoints {
+                authorization: config.auth_authorization_endpoint.clone(),
+                token: config.auth_token_endpoint.clone(),
+            };
+            state.with_auth(auth, smart)
+        }
+        None => state,
+    })
 }
 
 /// The application router for `state`.

@@ -3,6 +3,7 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
+use crate::auth::jwt::Authenticator;
 use crate::fhir::registry::Registry;
 use crate::store::Store;
 
@@ -18,6 +19,17 @@ pub struct Inner {
     /// Public base URL of the FHIR API, without a trailing slash.
     pub base_url: String,
     pub limits: Limits,
+    /// Bearer-token validation; `None` when authorization is not configured.
+    pub auth: Option<Authenticator>,
+    /// Endpoints advertised in the SMART configuration.
+    pub smart: SmartEndpoints,
+}
+
+/// The issuer's OAuth2 endpoints, as configured.
+#[derive(Debug, Clone, Default)]
+pub struct SmartEndpoints {
+    pub authorization: Option<String>,
+    pub token: Option<String>,
 }
 
 /// Configured bounds on the work one request may ask for.
@@ -37,7 +49,13 @@ pub struct Limits {
 
 impl AppState {
     pub fn new(store: Store, registry: Registry, base_url: String, limits: Limits) -> Self {
-        Self(Arc::new(Inner { store, registry, base_url, limits }))
+        Self(Arc::new(Inner { store, registry, base_url, limits, auth: None, smart: SmartEndpoints::default() }))
+    }
+
+    /// The same state with bearer-token authorization.
+    pub fn with_auth(self, auth: Authenticator, smart: SmartEndpoints) -> Self {
+        let inner = Arc::try_unwrap(self.0).unwrap_or_else(|_| panic!("with_auth is called before the state is shared"));
+        Self(Arc::new(Inner { auth: Some(auth), smart, ..inner }))
     }
 }
 

@@ -156,6 +156,25 @@ def search_parameters(src):
     return out
 
 
+def patient_compartment(src):
+    """The search parameters that put each served type in a Patient's compartment."""
+    for cd in load_all(src, "CompartmentDefinition"):
+        if cd.get("code") == "Patient":
+            return {r["code"]: r.get("param", []) for r in cd.get("resource", []) if r["code"] in SERVED}
+    return None
+
+
+def write_compartment(src, dest_dir):
+    compartment = patient_compartment(src)
+    if compartment is None:
+        return
+    dest = os.path.join(dest_dir, "patient-compartment.json")
+    with open(dest, "w", encoding="utf-8") as f:
+        json.dump(compartment, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(f"patient compartment of {len(compartment)} types -> {os.path.normpath(dest)}")
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -217,6 +236,7 @@ def main():
         json.dump(params, f, indent=1, sort_keys=True)
         f.write("\n")
     print(f"{sum(map(len, params.values()))} search parameters -> {os.path.normpath(dest)}")
+    write_compartment(src, os.path.dirname(dest))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ pub enum IssueType {
     Transient,
     Exception,
     Informational,
+    Login,
+    Forbidden,
 }
 
 /// One issue, with the FHIRPath location of the offending element where there is one.

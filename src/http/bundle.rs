@@ -21,8 +21,10 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 use tower::ServiceExt;
 
-use super::interaction::{self, check_resource, parse_condition, Done, Target, Write, WriteKind};
+use super::authorize::Caller;
+use super::interaction::{self, check_resource, confined_condition, parse_condition, Done, Target, Write, WriteKind};
 use super::negotiate::{etag, FhirJson, Format, Return};
+use crate::auth::{Perm, Principal};
 use crate::error::AppError;
 use crate::fhir::outcome::{operation_outcome, Issue, IssueType};
 use crate::fhir::patch::{Patch, PatchError};
@@ -85,20 +87,20 @@ enum Kind {
 /// `POST /fhir`.
 pub async fn process(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     format: Format,
     ret: Return,
     headers: HeaderMap,
     FhirJson(bundle): FhirJson,
 ) -> Result<Response, AppError> {
     let (kind, entries) = read_bundle(&state, bundle)?;
-    let prefer = headers.get("prefer").cloned();
     let response_entries = match kind {
-        Kind::Transaction => transaction(&state, &entries, ret, prefer.as_ref()).await?,
+        Kind::Transaction => transaction(&state, &caller, &entries, ret, &headers).await?,
         Kind::Batch => {
             let router = super::router(state.clone());
             let mut out = Vec::with_capacity(entries.len());
             for entry in &entries {
-                out.push(dispatch(&router, &state, entry, prefer.as_ref()).await);
+                out.push(dispatch(&router, &state, entry, &headers).await);
             }
             out
         }
@@ -225,14 +227,15 @@ struct Planned<'e> {
 /// its GET entries.
 async fn transaction(
     state: &AppState,
+    caller: &Principal,
     entries: &[Entry],
     ret: Return,
-    prefer: Option<&header::HeaderValue>,
+    headers: &HeaderMap,
 ) -> Result<Vec<Value>, AppError> {
     let mut attempt = 1;
     let done = loop {
         let mut tx = state.store.begin().await?;
-        let result = match write_all(state, &mut tx, entries).await {
+        let result = match write_all(state, caller, &mut tx, entries).await {
             Ok((done, order)) => tx.commit().await.map(|()| done).map_err(|e| commit_error(e, &order)),
             Err(e) => Err(e),
         };
@@ -248,7 +251,7 @@ async fn transaction(
     for entry in entries {
         match (done.remove(&entry.index), &router) {
             (Some((ty, d)), _) => out.push(write_response(state, ty, d, ret)),
-            (None, Some(router)) => out.push(dispatch(router, state, entry, prefer).await),
+            (None, Some(router)) => out.push(dispatch(router, state, entry, headers).await),
             (None, None) => unreachable!("every entry is a write or a read"),
         }
     }
@@ -272,6 +275,7 @@ fn commit_error(e: StoreError, order: &[usize]) -> AppError {
 /// entry index of each change in the order the store saw them.
 async fn write_all(
     state: &AppState,
+    caller: &Principal,
     tx: &mut WriteTx,
     entries: &[Entry],
 ) -> Result<(Vec<(usize, (ResourceType, Done))>, Vec<usize>), AppError> {
@@ -280,10 +284,11 @@ async fn write_all(
     let mut identities: HashMap<String, String> = HashMap::new();
     let mut seen: HashMap<(ResourceType, String), usize> = HashMap::new();
     for entry in entries.iter().filter(|e| e.method != Verb::Get && e.method != Verb::Head) {
-        let plan = plan(state, tx, entry).await.map_err(|e| e.in_entry(entry.index))?;
+        let plan = plan(state, caller, tx, entry).await.map_err(|e| e.in_entry(entry.index))?;
         let mut ids: Vec<String> = plan.id.iter().cloned().collect();
         if let (Verb::Delete, Target::Search(filters)) = (&entry.method, &plan.target) {
-            ids = tx.find(plan.ty, filters, state.limits.max_conditional_deletes as i64 + 1).await?;
+            let filters = confined_condition(caller, plan.ty, Perm::Delete, filters).map_err(|e| e.in_entry(entry.index))?;
+            ids = tx.find(plan.ty, &filters, state.limits.max_conditional_deletes as i64 + 1).await?;
         }
         for id in &ids {
             if let Some(first) = seen.insert((plan.ty, id.clone()), entry.index) {
@@ -304,7 +309,7 @@ async fn write_all(
     let mut conditional: HashMap<String, String> = HashMap::new();
     for plan in &mut planned {
         if let Some(resource) = plan.resource.as_mut() {
-            rewrite(state, tx, resource, &identities, &mut conditional)
+            rewrite(state, caller, tx, resource, &identities, &mut conditional)
                 .await
                 .map_err(|e| e.in_entry(plan.entry.index))?;
         }
@@ -323,7 +328,7 @@ async fn write_all(
         let ty = plan.ty;
         let write = into_write(state, plan).map_err(|e| e.in_entry(index))?;
         let changes_before = tx.changes();
-        let result = interaction::execute(state, tx, &write).await.map_err(|e| e.in_entry(index))?;
+        let result = interaction::execute(state, caller, tx, &write).await.map_err(|e| e.in_entry(index))?;
         order.extend(std::iter::repeat_n(index, tx.changes() - changes_before));
         done.push((index, (ty, result)));
     }
@@ -332,15 +337,29 @@ async fn write_all(
 
 /// Settles what a write entry addresses. Conditional entries are matched here, inside the
 /// transaction; [`interaction::execute`] matches them again under the same locks.
-async fn plan<'e>(state: &AppState, tx: &mut WriteTx, entry: &'e Entry) -> Result<Planned<'e>, AppError> {
+async fn plan<'e>(
+    state: &AppState,
+    caller: &Principal,
+    tx: &mut WriteTx,
+    entry: &'e Entry,
+) -> Result<Planned<'e>, AppError> {
     let (segments, query) = split_url(&entry.url);
     let ty = entry_type(state, segments.first().copied().unwrap_or_default())?;
     let mut resource = entry.resource.clone();
-    let condition = |q: &str| parse_condition(state, ty, q, "the condition in request.url");
+    let perm = match entry.method {
+        Verb::Post => Perm::Create,
+        Verb::Delete => Perm::Delete,
+        _ => Perm::Update,
+    };
+    let condition =
+        |q: &str| confined_condition(caller, ty, perm, &parse_condition(state, ty, q, "the condition in request.url")?);
     let (target, id) = match (&entry.method, segments.as_slice(), query) {
         (Verb::Post, [_], None) => {
             let id = match &entry.if_none_exist {
-                Some(q) => find_one(tx, ty, &parse_condition(state, ty, q, "ifNoneExist")?).await?,
+                Some(q) => {
+                    let filters = parse_condition(state, ty, q, "ifNoneExist")?;
+                    find_one(tx, ty, &confined_condition(caller, ty, perm, &filters)?).await?
+                }
                 None => None,
             };
             let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -402,6 +421,7 @@ async fn find_one(
 /// conditional reference (`Patient?identifier=…`, which must match exactly one resource).
 async fn rewrite(
     state: &AppState,
+    caller: &Principal,
     tx: &mut WriteTx,
     value: &mut Map<String, Value>,
     identities: &HashMap<String, String>,
@@ -426,6 +446,7 @@ async fn rewrite(
             }
             let ty = entry_type(state, ty)?;
             let filters = parse_condition(state, ty, query, "a conditional reference")?;
+            let filters = confined_condition(caller, ty, Perm::Search, &filters)?;
             let mut ids = tx.find(ty, &filters, 2).await?;
             if ids.len() != 1 {
                 return Err(AppError::PreconditionFailed(format!(
@@ -581,13 +602,16 @@ fn status_line(status: StatusCode) -> String {
 /// Runs one entry through the router as its own request and turns the answer into a
 /// response entry: the status, `Location`, `ETag` and `Last-Modified` headers, and the body as
 /// the resource (or, for an OperationOutcome of a failure, the outcome).
-async fn dispatch(router: &Router, state: &AppState, entry: &Entry, prefer: Option<&header::HeaderValue>) -> Value {
+async fn dispatch(router: &Router, state: &AppState, entry: &Entry, outer: &HeaderMap) -> Value {
     let mut request = Request::builder()
         .method(entry.method.as_method())
         .uri(format!("/fhir/{}", entry.url.replace(' ', "%20")))
         .header(header::ACCEPT, "application/fhir+json");
-    if let Some(p) = prefer {
-        request = request.header("prefer", p);
+    // The entry runs as the Bundle's caller, with the Bundle's preferences.
+    for name in [header::AUTHORIZATION, header::HeaderName::from_static("prefer")] {
+        if let Some(v) = outer.get(&name) {
+            request = request.header(name, v);
+        }
     }
     for (name, value) in [
         ("if-match", &entry.if_match),

@@ -50,6 +50,33 @@ pub fn capability_statement(state: &AppState) -> Value {
         })
         .map(drop_empty_arrays)
         .collect();
+    let mut rest = json!({
+        "mode": "server",
+        "resource": resources,
+        "interaction": [{ "code": "transaction" }, { "code": "batch" }, { "code": "history-system" }],
+    });
+    if state.auth.is_some() {
+        let mut uris = Vec::new();
+        for (name, url) in [("authorize", &state.smart.authorization), ("token", &state.smart.token)] {
+            if let Some(url) = url {
+                uris.push(json!({"url": name, "valueUri": url}));
+            }
+        }
+        let mut security = json!({
+            "service": [{"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                "code": "SMART-on-FHIR",
+            }]}],
+            "description": "OAuth2 bearer tokens (SMART on FHIR scopes, v1 and v2); see .well-known/smart-configuration",
+        });
+        if !uris.is_empty() {
+            security["extension"] = json!([{
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": uris,
+            }]);
+        }
+        rest["security"] = security;
+    }
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -64,11 +91,7 @@ pub fn capability_statement(state: &AppState) -> Value {
         "fhirVersion": "4.0.1",
         "format": ["json", "application/fhir+json", "application/json"],
         "patchFormat": ["application/json-patch+json", "application/fhir+json"],
-        "rest": [{
-            "mode": "server",
-            "resource": resources,
-            "interaction": [{ "code": "transaction" }, { "code": "batch" }, { "code": "history-system" }],
-        }],
+        "rest": [rest],
     })
 }
 

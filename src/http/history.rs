@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 
 use super::negotiate::{etag, Format};
 use super::resource::{Target, TypePath};
+use super::authorize::{check_readable, Caller};
 use crate::error::AppError;
 use crate::fhir::bundle::{Bundle, Entry, EntryRequest, EntryResponse};
 use crate::fhir::outcome::IssueType;
@@ -96,9 +97,11 @@ pub async fn type_level(
 pub async fn instance(
     State(state): State<AppState>,
     target: Target,
+    Caller(caller): Caller,
     format: Format,
     RawQuery(q): RawQuery,
 ) -> Result<Response, AppError> {
+    check_readable(&state, &caller, target.ty.as_str(), &target.id).await?;
     if state.store.read(target.ty, &target.id).await?.is_none() {
         return Err(AppError::NotFound(format!("{}/{}", target.ty, target.id)));
     }

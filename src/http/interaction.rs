@@ -10,6 +10,8 @@ use axum::http::StatusCode;
 use serde_json::{Map, Value};
 
 use super::negotiate::query_pairs;
+use super::authorize::{compartment_filter, content_in_compartment, outside, require};
+use crate::auth::{Access, Perm, Principal};
 use crate::error::AppError;
 use crate::fhir::outcome::{Issue, IssueType};
 use crate::fhir::patch::{Patch, PatchError};
@@ -144,13 +146,67 @@ pub fn parse_condition(state: &AppState, ty: ResourceType, text: &str, what: &st
     Ok(parsed.filters)
 }
 
-/// Runs one write interaction inside `tx`.
-pub async fn execute(state: &AppState, tx: &mut WriteTx, write: &Write) -> Result<Done, AppError> {
+/// What the caller may write, applied to one write: scopes per interaction, and for `patient/`
+/// scopes, the compartment of both the stored and the new content.
+struct Rights<'a>(&'a Principal);
+
+impl Rights<'_> {
+    /// The search of a conditional write, confined to what the caller may act on.
+    fn condition(&self, ty: ResourceType, perm: Perm, filters: &[Filter]) -> Result<Vec<Filter>, AppError> {
+        confined_condition(self.0, ty, perm, filters)
+    }
+
+    /// Update, or Create when `ty/id` does not exist (update as create).
+    async fn update_perm(&self, tx: &mut WriteTx, ty: ResourceType, id: &str) -> Result<Perm, AppError> {
+        if self.0.unrestricted {
+            return Ok(Perm::Update);
+        }
+        let live = tx.current(ty, id).await?.is_some_and(|v| !v.is_deleted());
+        Ok(if live { Perm::Update } else { Perm::Create })
+    }
+
+    /// The caller may apply `perm` to the stored `ty/id`.
+    async fn existing(&self, tx: &mut WriteTx, ty: ResourceType, id: &str, perm: Perm) -> Result<(), AppError> {
+        match require(self.0, ty.as_str(), perm)? {
+            Access::Compartment(c) if !tx.in_compartment(ty, id, &c.patient, c.params).await? => Err(outside(ty.as_str(), id)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The caller may store this content as `ty/id` with `perm`.
+    fn content(&self, ty: ResourceType, id: &str, perm: Perm, derived: &Derived) -> Result<(), AppError> {
+        match require(self.0, ty.as_str(), perm)? {
+            Access::Compartment(c) if !content_in_compartment(&c, ty.as_str(), id, &derived.index) => {
+                Err(outside(ty.as_str(), id))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The search of a conditional interaction with `perm`, confined to what `caller` may act on
+/// (403 when it may not act on the type at all).
+pub fn confined_condition(
+    caller: &Principal,
+    ty: ResourceType,
+    perm: Perm,
+    filters: &[Filter],
+) -> Result<Vec<Filter>, AppError> {
+    let mut filters = filters.to_vec();
+    filters.extend(compartment_filter(&require(caller, ty.as_str(), perm)?));
+    Ok(filters)
+}
+
+/// Runs one write interaction inside `tx` for `caller`.
+pub async fn execute(state: &AppState, caller: &Principal, tx: &mut WriteTx, write: &Write) -> Result<Done, AppError> {
     let ty = write.ty;
+    let rights = Rights(caller);
     match &write.kind {
         WriteKind::Create { id, resource, derived, if_none_exist } => {
+            rights.content(ty, id, Perm::Create, derived)?;
             if let Some(filters) = if_none_exist {
-                if let Some(found) = find_one(tx, ty, filters).await? {
+                let filters = rights.condition(ty, Perm::Create, filters)?;
+                if let Some(found) = find_one(tx, ty, &filters).await? {
                     // R4 http.html#ccreate: one match, the request is ignored and the match returned.
                     let version = tx.current(ty, &found).await?;
                     return Ok(Done { status: StatusCode::OK, version, message: format!("{ty}/{found} matched") });
@@ -165,7 +221,7 @@ pub async fn execute(state: &AppState, tx: &mut WriteTx, write: &Write) -> Resul
             // match is updated, and a body id must be that match's.
             let id = match target {
                 Target::Id(id) => id.clone(),
-                Target::Search(filters) => match (find_one(tx, ty, filters).await?, body_id) {
+                Target::Search(filters) => match (find_one(tx, ty, &rights.condition(ty, Perm::Update, filters)?).await?, body_id) {
                     (Some(found), Some(given)) if given != found => {
                         return Err(AppError::invalid(
                             IssueType::Invalid,
@@ -176,11 +232,17 @@ pub async fn execute(state: &AppState, tx: &mut WriteTx, write: &Write) -> Resul
                     (None, Some(given)) => given.to_owned(),
                     (None, None) => {
                         let id = uuid::Uuid::new_v4().to_string();
+                        rights.content(ty, &id, Perm::Create, derived)?;
                         let written = tx.write(ty, &id, Change::Create(resource.clone()), derived.into()).await?;
                         return Ok(Done::stored(written, ty, &id));
                     }
                 },
             };
+            let perm = rights.update_perm(tx, ty, &id).await?;
+            if perm == Perm::Update {
+                rights.existing(tx, ty, &id, perm).await?;
+            }
+            rights.content(ty, &id, perm, derived)?;
             let mut resource = resource.clone();
             resource.insert("id".into(), Value::from(id.as_str()));
             let written = tx.write(ty, &id, Change::Update { resource, expect: *expect }, derived.into()).await?;
@@ -189,10 +251,11 @@ pub async fn execute(state: &AppState, tx: &mut WriteTx, write: &Write) -> Resul
         WriteKind::Patch { target, patch, expect } => {
             let id = match target {
                 Target::Id(id) => id.clone(),
-                Target::Search(filters) => find_one(tx, ty, filters)
+                Target::Search(filters) => find_one(tx, ty, &rights.condition(ty, Perm::Update, filters)?)
                     .await?
                     .ok_or_else(|| AppError::NotFound(format!("a {ty} matching the condition")))?,
             };
+            rights.existing(tx, ty, &id, Perm::Update).await?;
             let current = match tx.current(ty, &id).await? {
                 None => return Err(AppError::NotFound(format!("{ty}/{id}"))),
                 Some(v) if v.is_deleted() => return Err(AppError::Gone(format!("{ty}/{id}"))),
@@ -221,11 +284,13 @@ pub async fn execute(state: &AppState, tx: &mut WriteTx, write: &Write) -> Resul
                 AppError::BadRequest(issues) => AppError::Unprocessable(issues),
                 other => other,
             })?;
+            rights.content(ty, &id, Perm::Update, &derived)?;
             let change = Change::Update { resource: patched, expect: Expect::Version(current.version_id) };
             let written = tx.write(ty, &id, change, (&derived).into()).await?;
             Ok(Done::stored(written, ty, &id))
         }
         WriteKind::Delete { target: Target::Id(id), expect } => {
+            rights.existing(tx, ty, id, Perm::Delete).await?;
             let written = tx.write(ty, id, Change::Delete { expect: *expect }, Default::default()).await?;
             Ok(Done::stored(written, ty, id))
         }
@@ -233,7 +298,7 @@ pub async fn execute(state: &AppState, tx: &mut WriteTx, write: &Write) -> Resul
             // R4 http.html#cdelete: several matches are deleted only where the server is
             // configured to; otherwise they are refused with 412.
             let max = state.limits.max_conditional_deletes.max(1);
-            let ids = tx.find(ty, filters, max as i64 + 1).await?;
+            let ids = tx.find(ty, &rights.condition(ty, Perm::Delete, filters)?, max as i64 + 1).await?;
             if ids.len() > max {
                 return Err(AppError::PreconditionFailed(if max == 1 {
                     format!("the condition matched several {ty} resources; it must match at most one")

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::negotiate::{etag, resource_response, Format, Return};
+use super::authorize::{check_readable, Caller};
 use crate::error::AppError;
 use crate::fhir::outcome::IssueType;
 use crate::fhir::primitives;
@@ -74,9 +75,11 @@ impl FromRequestParts<AppState> for Target {
 pub async fn read(
     State(state): State<AppState>,
     target: Target,
+    Caller(caller): Caller,
     format: Format,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
+    check_readable(&state, &caller, target.ty.as_str(), &target.id).await?;
     let version = current(&state, &target).await?;
     let tag = etag(version.version_id);
     if headers
@@ -101,7 +104,13 @@ async fn current(state: &AppState, target: &Target) -> Result<Version, AppError>
 }
 
 /// `GET /{type}/{id}/_history/{vid}`: vread.
-pub async fn vread(State(state): State<AppState>, target: Target, format: Format) -> Result<Response, AppError> {
+pub async fn vread(
+    State(state): State<AppState>,
+    target: Target,
+    Caller(caller): Caller,
+    format: Format,
+) -> Result<Response, AppError> {
+    check_readable(&state, &caller, target.ty.as_str(), &target.id).await?;
     let vid = target.version_id.unwrap_or_default();
     let described = || format!("{}/{} version {vid}", target.ty, target.id);
     match state.store.vread(target.ty, &target.id, vid).await? {

@@ -14,11 +14,13 @@ use serde_json::{json, Map, Value};
 
 use super::negotiate::{prefer_tokens, query_pairs, Format};
 use super::resource::TypePath;
+use super::authorize::{compartment_filter, require, Caller};
+use crate::auth::{Access, Perm, Principal};
 use crate::error::AppError;
 use crate::fhir::bundle::{Bundle, Entry};
 use crate::fhir::outcome::{operation_outcome, Issue, IssueType, Severity};
 use crate::fhir::registry::ResourceType;
-use crate::fhir::search::query::{self, Include, SearchQuery, Summary, Total, MAX_DEPTH};
+use crate::fhir::search::query::{self, Filter, Include, SearchQuery, Summary, Total, MAX_DEPTH};
 use crate::state::AppState;
 use crate::store::{Counting, SearchError, Version};
 
@@ -29,12 +31,13 @@ const MAX_INCLUDED: i64 = 1000;
 pub async fn search_get(
     State(state): State<AppState>,
     TypePath(ty): TypePath,
+    Caller(caller): Caller,
     format: Format,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, AppError> {
     let pairs = query_pairs(q.as_deref().unwrap_or("").as_bytes())?;
-    search(&state, ty, format, &headers, pairs).await
+    search(&state, &caller, ty, format, &headers, pairs).await
 }
 
 /// `POST /{type}/_search` with `application/x-www-form-urlencoded` parameters (and any in the
@@ -42,6 +45,7 @@ pub async fn search_get(
 pub async fn search_post(
     State(state): State<AppState>,
     TypePath(ty): TypePath,
+    Caller(caller): Caller,
     format: Format,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -55,7 +59,7 @@ pub async fn search_post(
     }
     let mut pairs = query_pairs(q.as_deref().unwrap_or("").as_bytes())?;
     pairs.extend(query_pairs(&body)?);
-    search(&state, ty, format, &headers, pairs).await
+    search(&state, &caller, ty, format, &headers, pairs).await
 }
 
 /// `Prefer: handling=strict` makes unknown parameters errors (search.html#errors).
@@ -65,6 +69,7 @@ fn strict_handling(headers: &HeaderMap) -> bool {
 
 async fn search(
     state: &AppState,
+    caller: &Principal,
     ty: ResourceType,
     format: Format,
     headers: &HeaderMap,
@@ -79,6 +84,14 @@ async fn search(
         .map_err(|e| AppError::BadRequest(vec![Issue::at(IssueType::Invalid, e.param.clone(), e.reason.clone())]))?;
     if q.summary == Summary::Count {
         q.count = 0;
+    }
+    // Authorization: chains and `_has` may only look into types the caller may search, and a
+    // confined caller sees its compartment only.
+    for filter in &q.filters {
+        check_traversed(caller, filter)?;
+    }
+    if let Some(confine) = compartment_filter(&require(caller, ty.as_str(), Perm::Search)?) {
+        q.filters.push(confine);
     }
     // The total is counted for the first page; later pages come from a `next` link, whose first
     // page carried it (search.html#total: the server may leave it out).
@@ -99,7 +112,7 @@ async fn search(
         SearchError::Store(e) => AppError::from(e),
     })?;
 
-    let included = includes(state, ty, &q, &page.matches).await?;
+    let included = includes(state, caller, ty, &q, &page.matches).await?;
 
     let base = &state.base_url;
     let self_url = page_url(base, ty, &pairs, None);
@@ -133,6 +146,45 @@ async fn search(
     Ok(format.respond(StatusCode::OK, bundle.to_json()))
 }
 
+/// Requires search access to every type a chain or `_has` looks into.
+fn check_traversed(caller: &Principal, filter: &Filter) -> Result<(), AppError> {
+    match filter {
+        Filter::Chain { target_types, inner, .. } => {
+            for t in target_types {
+                require(caller, t, Perm::Search)?;
+            }
+            check_traversed(caller, inner)
+        }
+        Filter::Has { source_type, inner, .. } => {
+            require(caller, source_type, Perm::Search)?;
+            check_traversed(caller, inner)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The included resources the caller may read: types it may not read are left out, and a
+/// confined caller gets those in its compartment only.
+async fn readable(state: &AppState, caller: &Principal, versions: Vec<Version>) -> Result<Vec<Version>, AppError> {
+    if caller.unrestricted || versions.is_empty() {
+        return Ok(versions);
+    }
+    let mut types: Vec<String> = versions.iter().map(|v| v.resource_type.clone()).collect();
+    types.sort();
+    types.dedup();
+    let mut allowed: HashSet<(String, String)> = HashSet::new();
+    for ty in types {
+        let ids: Vec<String> = versions.iter().filter(|v| v.resource_type == ty).map(|v| v.id.clone()).collect();
+        let members = match caller.access(&ty, Perm::Read) {
+            Access::Denied => continue,
+            Access::Full => ids.into_iter().collect(),
+            Access::Compartment(c) => state.store.compartment_members(&ty, &ids, &c.patient, c.params).await?,
+        };
+        allowed.extend(members.into_iter().map(|id| (ty.clone(), id)));
+    }
+    Ok(versions.into_iter().filter(|v| allowed.contains(&(v.resource_type.clone(), v.id.clone()))).collect())
+}
+
 /// The URL of this search, with `_cursor` set to `cursor` (for `next`) or left out.
 fn page_url(base: &str, ty: ResourceType, pairs: &[(String, String)], cursor: Option<&str>) -> String {
     let mut kept: Vec<(&str, &str)> =
@@ -149,9 +201,10 @@ fn page_url(base: &str, ty: ResourceType, pairs: &[(String, String)], cursor: Op
 }
 
 /// Resources added by `_include` and `_revinclude` (with `:iterate`, repeated on what they add),
-/// without repeating a match or each other.
+/// without repeating a match or each other, and only those the caller may read.
 async fn includes(
     state: &AppState,
+    caller: &Principal,
     ty: ResourceType,
     q: &SearchQuery,
     matches: &[Version],
@@ -188,6 +241,8 @@ async fn includes(
                 );
             }
         }
+        // What the caller may not read is neither shown nor followed further.
+        let found = readable(state, caller, found).await?;
         frontier = found.into_iter().filter(|v| seen.insert((v.resource_type.clone(), v.id.clone()))).collect();
         if frontier.is_empty() || added.len() as i64 >= MAX_INCLUDED {
             break;

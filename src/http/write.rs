@@ -10,6 +10,8 @@ use serde_json::{Map, Value};
 use super::interaction::{self, check_resource, parse_condition, Done, Target as WriteTarget, Write, WriteKind};
 use super::negotiate::{etag, if_match, resource_response, FhirJson, Format, PatchBody, Return};
 use super::resource::{Target, TypePath};
+use super::authorize::Caller;
+use crate::auth::Principal;
 use crate::error::AppError;
 use crate::fhir::outcome::{operation_outcome, Issue, IssueType};
 use crate::fhir::registry::ResourceType;
@@ -18,8 +20,8 @@ use crate::state::AppState;
 use crate::store::Expect;
 
 /// Runs one write in its own transaction (again, when it loses to a concurrent writer).
-async fn run(state: &AppState, write: Write, format: Format, ret: Return) -> Result<Response, AppError> {
-    let done = in_transaction!(state.store, |tx| interaction::execute(state, &mut tx, &write))?;
+async fn run(state: &AppState, caller: &Principal, write: Write, format: Format, ret: Return) -> Result<Response, AppError> {
+    let done = in_transaction!(state.store, |tx| interaction::execute(state, caller, &mut tx, &write))?;
     Ok(respond(state, write.ty, done, format, ret))
 }
 
@@ -72,6 +74,7 @@ fn url_condition(state: &AppState, ty: ResourceType, uri: &OriginalUri) -> Resul
 /// `POST /{type}`: create, or conditional create with `If-None-Exist`.
 pub async fn create(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     TypePath(ty): TypePath,
     format: Format,
     ret: Return,
@@ -86,12 +89,13 @@ pub async fn create(
     let id = uuid::Uuid::new_v4().to_string();
     resource.insert("id".into(), Value::from(id.as_str()));
     let derived = check_resource(&state, ty, &resource, None)?;
-    run(&state, Write { ty, kind: WriteKind::Create { id, resource, derived, if_none_exist } }, format, ret).await
+    run(&state, &caller, Write { ty, kind: WriteKind::Create { id, resource, derived, if_none_exist } }, format, ret).await
 }
 
 /// `PUT /{type}/{id}`: update, or create with the client's id.
 pub async fn update(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     target: Target,
     format: Format,
     ret: Return,
@@ -101,12 +105,13 @@ pub async fn update(
     let expect = expectation(&headers)?;
     let derived = check_resource(&state, target.ty, &resource, Some(&target.id))?;
     let kind = WriteKind::Update { target: WriteTarget::Id(target.id), resource, derived, expect };
-    run(&state, Write { ty: target.ty, kind }, format, ret).await
+    run(&state, &caller, Write { ty: target.ty, kind }, format, ret).await
 }
 
 /// `PUT /{type}?search`: conditional update (http.html#cond-update).
 pub async fn conditional_update(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     TypePath(ty): TypePath,
     uri: OriginalUri,
     format: Format,
@@ -117,12 +122,13 @@ pub async fn conditional_update(
     let target = url_condition(&state, ty, &uri)?;
     let expect = expectation(&headers)?;
     let derived = check_resource(&state, ty, &resource, None)?;
-    run(&state, Write { ty, kind: WriteKind::Update { target, resource, derived, expect } }, format, ret).await
+    run(&state, &caller, Write { ty, kind: WriteKind::Update { target, resource, derived, expect } }, format, ret).await
 }
 
 /// `PATCH /{type}/{id}`: JSON Patch or FHIRPath Patch.
 pub async fn patch(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     target: Target,
     format: Format,
     ret: Return,
@@ -130,12 +136,13 @@ pub async fn patch(
     PatchBody(patch): PatchBody,
 ) -> Result<Response, AppError> {
     let kind = WriteKind::Patch { target: WriteTarget::Id(target.id), patch, expect: expectation(&headers)? };
-    run(&state, Write { ty: target.ty, kind }, format, ret).await
+    run(&state, &caller, Write { ty: target.ty, kind }, format, ret).await
 }
 
 /// `PATCH /{type}?search`: conditional patch.
 pub async fn conditional_patch(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     TypePath(ty): TypePath,
     uri: OriginalUri,
     format: Format,
@@ -144,25 +151,27 @@ pub async fn conditional_patch(
     PatchBody(patch): PatchBody,
 ) -> Result<Response, AppError> {
     let kind = WriteKind::Patch { target: url_condition(&state, ty, &uri)?, patch, expect: expectation(&headers)? };
-    run(&state, Write { ty, kind }, format, ret).await
+    run(&state, &caller, Write { ty, kind }, format, ret).await
 }
 
 /// `DELETE /{type}/{id}`: stores a deletion; deleting what is absent or deleted changes nothing
 /// and succeeds alike (http.html#delete).
 pub async fn delete(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     target: Target,
     format: Format,
     ret: Return,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let kind = WriteKind::Delete { target: WriteTarget::Id(target.id), expect: expectation(&headers)? };
-    run(&state, Write { ty: target.ty, kind }, format, ret).await
+    run(&state, &caller, Write { ty: target.ty, kind }, format, ret).await
 }
 
 /// `DELETE /{type}?search`: conditional delete (http.html#cdelete).
 pub async fn conditional_delete(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     TypePath(ty): TypePath,
     uri: OriginalUri,
     format: Format,
@@ -170,7 +179,7 @@ pub async fn conditional_delete(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let kind = WriteKind::Delete { target: url_condition(&state, ty, &uri)?, expect: expectation(&headers)? };
-    run(&state, Write { ty, kind }, format, ret).await
+    run(&state, &caller, Write { ty, kind }, format, ret).await
 }
 
 /// `mode` of `$validate` (resource-operation-validate).
@@ -191,23 +200,25 @@ pub struct ValidateQuery {
 /// `POST /{type}/$validate`.
 pub async fn validate_type(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     TypePath(ty): TypePath,
     Query(query): Query<ValidateQuery>,
     format: Format,
     FhirJson(body): FhirJson,
 ) -> Result<Response, AppError> {
-    validate(&state, ty, None, query, format, body).await
+    validate(&state, &caller, ty, None, query, format, body).await
 }
 
 /// `POST /{type}/{id}/$validate`.
 pub async fn validate_instance(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     target: Target,
     Query(query): Query<ValidateQuery>,
     format: Format,
     FhirJson(body): FhirJson,
 ) -> Result<Response, AppError> {
-    validate(&state, target.ty, Some(target.id), query, format, body).await
+    validate(&state, &caller, target.ty, Some(target.id), query, format, body).await
 }
 
 /// Validates exactly as the write would: the write runs in a transaction that is then rolled
@@ -216,6 +227,7 @@ pub async fn validate_instance(
 /// the validation itself could not run.
 async fn validate(
     state: &AppState,
+    caller: &Principal,
     ty: ResourceType,
     id: Option<String>,
     query: ValidateQuery,
@@ -272,7 +284,7 @@ async fn validate(
         },
     };
     let mut tx = state.store.begin().await?;
-    let result = match interaction::execute(state, &mut tx, &write).await {
+    let result = match interaction::execute(state, caller, &mut tx, &write).await {
         Ok(_) => tx.verify().await.map_err(AppError::from),
         Err(e) => Err(e),
     };

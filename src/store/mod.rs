@@ -17,6 +17,7 @@ mod write;
 
 pub use write::{Change, Contended, Expect, WriteTx, Written, WRITE_ATTEMPTS};
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -430,6 +431,27 @@ impl Store {
         }))
     }
 
+    /// Which of `ids` (of type `ty`) are in `patient`'s compartment: the Patient itself, or
+    /// resources that reference it through one of `params`.
+    pub async fn compartment_members(
+        &self,
+        ty: &str,
+        ids: &[String],
+        patient: &str,
+        params: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        let mut members = compartment_self(ty, ids, patient);
+        if ids.is_empty() || params.is_empty() {
+            return Ok(members);
+        }
+        let rows: Vec<(String,)> = on_db!(self, reader, |pool, dialect| {
+            let sql = Compiler::new(dialect, 0).compartment_members(ty, ids, patient, params);
+            bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(pool).await?
+        });
+        members.extend(rows.into_iter().map(|(id,)| id));
+        Ok(members)
+    }
+
     /// Resources the `sources` (ids of `source_type`) reference through `param`.
     pub async fn include(
         &self,
@@ -515,6 +537,11 @@ impl Store {
         });
         Ok(done)
     }
+}
+
+/// The Patient among `ids` that is the compartment's own patient.
+fn compartment_self(ty: &str, ids: &[String], patient: &str) -> HashSet<String> {
+    ids.iter().filter(|id| ty == "Patient" && *id == patient).cloned().collect()
 }
 
 /// Errors of a search.

@@ -354,6 +354,14 @@ impl<'a> Compiler<'a> {
         self.sql
     }
 
+    /// Which of `ids` (of type `ty`) reference Patient `patient` through one of `params`.
+    pub fn compartment_members(mut self, ty: &str, ids: &[String], patient: &str, params: &[String]) -> Sql {
+        self.sql.push("SELECT DISTINCT x.resource_id FROM search_reference x WHERE x.resource_type = ").text(ty);
+        self.sql.push(" AND x.resource_id IN ").list(ids).push(" AND x.param IN ").list(params);
+        self.sql.push(" AND x.target_type = 'Patient' AND x.target_id = ").text(patient);
+        self.sql
+    }
+
     fn where_clause(&mut self, alias: &str, types: &[String], filters: &[Filter]) {
         let _ = write!(self.sql.text, "{alias}.resource_type IN ");
         self.sql.list(types);
@@ -438,6 +446,16 @@ impl<'a> Compiler<'a> {
                 );
                 self.where_clause(&inner_alias, target_types, std::slice::from_ref(inner));
                 self.sql.push("))");
+            }
+            Filter::Compartment { patient, params } => {
+                self.sql.push("(");
+                if types.iter().any(|t| t == "Patient") {
+                    let _ = write!(self.sql.text, "({alias}.resource_type = 'Patient' AND {alias}.id = ");
+                    self.sql.text(patient.clone()).push(") OR ");
+                }
+                self.open_subquery(alias, types, "search_reference", "x", drive, false);
+                self.sql.push(" AND x.param IN ").list(params);
+                self.sql.push(" AND x.target_type = 'Patient' AND x.target_id = ").text(patient.clone()).push("))");
             }
             Filter::Has { source_type, param, inner } => {
                 self.depth += 1;
@@ -723,6 +741,7 @@ fn drive_rank(filter: &Filter) -> Option<u8> {
         Filter::Test { kind: ParamKind::Reference, .. } => Some(1),
         Filter::Test { param, .. } if param == "identifier" => Some(1),
         Filter::Chain { .. } => Some(2),
+        Filter::Compartment { .. } => Some(1),
         Filter::Test { kind: ParamKind::String | ParamKind::Composite, .. } | Filter::Has { .. } => Some(3),
         // Ranges and plain codes often match a large share of a type: scanning the type in id
         // order and probing each candidate stops after one page, where building their set

@@ -179,6 +179,29 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Whether `ty/id` is, as this transaction sees it, in `patient`'s compartment (see
+    /// [`Store::compartment_members`]).
+    pub async fn in_compartment(
+        &mut self,
+        ty: ResourceType,
+        id: &str,
+        patient: &str,
+        params: &[String],
+    ) -> Result<bool, StoreError> {
+        if ty.as_str() == "Patient" && id == patient {
+            return Ok(true);
+        }
+        if params.is_empty() {
+            return Ok(false);
+        }
+        let ids = [id.to_owned()];
+        let rows: Vec<(String,)> = on_tx!(self.tx, |conn, dialect| {
+            let sql = Compiler::new(dialect, 0).compartment_members(ty.as_str(), &ids, patient, params);
+            bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(&mut *conn).await?
+        });
+        Ok(!rows.is_empty())
+    }
+
     /// How many changes this transaction has applied.
     pub fn changes(&self) -> usize {
         self.changes

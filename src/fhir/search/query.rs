@@ -128,6 +128,12 @@ pub enum Filter {
         param: String,
         inner: Box<Filter>,
     },
+    /// In `patient`'s compartment: the Patient itself, or a resource that references it through
+    /// one of `params` (never parsed from a request; authorization adds it).
+    Compartment {
+        patient: String,
+        params: Vec<String>,
+    },
 }
 
 /// A sort key.
