@@ -54,7 +54,8 @@ impl AppState {
 
     /// The same state with bearer-token authorization.
     pub fn with_auth(self, auth: Authenticator, smart: SmartEndpoints) -> Self {
-        let inner = Arc::try_unwrap(self.0).unwrap_or_else(|_| panic!("with_auth is called before the state is shared"));
+        let inner =
+            Arc::try_unwrap(self.0).unwrap_or_else(|_| panic!("with_auth is called before the state is shared"));
         Self(Arc::new(Inner { auth: Some(auth), smart, ..inner }))
     }
 }

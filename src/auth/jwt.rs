@@ -14,7 +14,8 @@ use serde::Deserialize;
 
 use super::{Principal, Scope};
 
-/// The fastest the keys are fetched again because a token named an unknown key.
+/// The fastest the keys are fetched again because a token named an unknown key (or the
+/// refresh interval, when that is shorter).
 const MIN_REFETCH: Duration = Duration::from_secs(30);
 /// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECONDS: u64 = 30;
@@ -136,7 +137,7 @@ impl Authenticator {
             Some(key) => key,
             None => {
                 // Perhaps the issuer rotated its keys.
-                self.refetch(MIN_REFETCH).await;
+                self.refetch(MIN_REFETCH.min(self.settings.refresh)).await;
                 self.key(header.kid.as_deref(), header.alg).ok_or(TokenError::UnknownKey)?
             }
         };
@@ -207,7 +208,8 @@ impl Authenticator {
                 tracing::warn!(error = %e, "refreshing the issuer's keys failed; keeping the previous ones");
                 if let Ok(mut keys) = self.keys.write() {
                     // Try again after MIN_REFETCH, not at once on every request.
-                    keys.fetched = Instant::now() - self.settings.refresh + MIN_REFETCH.min(self.settings.refresh);
+                    let back = self.settings.refresh.saturating_sub(MIN_REFETCH);
+                    keys.fetched = Instant::now().checked_sub(back).unwrap_or_else(Instant::now);
                 }
             }
         }
@@ -219,10 +221,14 @@ async fn fetch(source: &JwksSource) -> Result<Vec<(Option<String>, Algorithm, De
     let (name, text) = match source {
         JwksSource::File(path) => {
             let name = path.display().to_string();
-            let text = tokio::fs::read(path).await.map_err(|e| JwksError { source_name: name.clone(), reason: e.to_string() })?;
+            let text = tokio::fs::read(path)
+                .await
+                .map_err(|e| JwksError { source_name: name.clone(), reason: e.to_string() })?;
             (name, text)
         }
-        JwksSource::Url(url) => (url.clone(), get(url).await.map_err(|reason| JwksError { source_name: url.clone(), reason })?),
+        JwksSource::Url(url) => {
+            (url.clone(), get(url).await.map_err(|reason| JwksError { source_name: url.clone(), reason })?)
+        }
     };
     let error = |reason: String| JwksError { source_name: name.clone(), reason };
     let set: JwkSet = serde_json::from_slice(&text).map_err(|e| error(format!("not a JWKS: {e}")))?;

@@ -215,7 +215,15 @@ mod tests {
         assert_eq!(Scope::parse("system/Patient.read").map(|s| s.perms), Some(2 | 16));
         assert_eq!(Scope::parse("user/CarePlan.write").map(|s| s.perms), Some(1 | 4 | 8));
         assert_eq!(Scope::parse("patient/*.*").map(|s| s.perms), Some(31));
-        for bad in ["openid", "launch/patient", "user/Patient.sr", "user/Patient.rr", "user/.r", "x/Patient.r", "user/Patient.rs?category=x"] {
+        for bad in [
+            "openid",
+            "launch/patient",
+            "user/Patient.sr",
+            "user/Patient.rr",
+            "user/.r",
+            "x/Patient.r",
+            "user/Patient.rs?category=x",
+        ] {
             assert_eq!(Scope::parse(bad), None, "{bad}");
         }
     }

@@ -64,7 +64,13 @@ async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal, A
 }
 
 /// The scope check of the interaction a route names. Bundles are checked entry by entry.
-fn check_route(state: &AppState, principal: &Principal, method: &Method, route: &str, path: &str) -> Result<(), AppError> {
+fn check_route(
+    state: &AppState,
+    principal: &Principal,
+    method: &Method,
+    route: &str,
+    path: &str,
+) -> Result<(), AppError> {
     if route == "/fhir/_history" {
         // System history spans every type, unconfined.
         for ty in state.registry.types() {
@@ -74,7 +80,8 @@ fn check_route(state: &AppState, principal: &Principal, method: &Method, route: 
         }
         return Ok(());
     }
-    let ty = path.trim_start_matches("/fhir/").split('/').next().unwrap_or("");
+    // Inside the nested router the path has lost its `/fhir` prefix; outside it has it.
+    let ty = path.strip_prefix("/fhir").unwrap_or(path).trim_start_matches('/').split('/').next().unwrap_or("");
     if state.registry.resource_type(ty).is_none() {
         // Unknown types answer 404 from their handler; the Bundle endpoint checks per entry.
         return Ok(());
@@ -87,7 +94,9 @@ fn check_route(state: &AppState, principal: &Principal, method: &Method, route: 
         ("GET", "/fhir/{type}/_history") => {
             return match require(principal, ty, Perm::Read)? {
                 Access::Full => Ok(()),
-                _ => Err(AppError::Forbidden(format!("the history of all {ty} resources needs unconfined read access"))),
+                _ => {
+                    Err(AppError::Forbidden(format!("the history of all {ty} resources needs unconfined read access")))
+                }
             };
         }
         _ => Perm::Read,

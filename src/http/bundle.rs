@@ -287,7 +287,8 @@ async fn write_all(
         let plan = plan(state, caller, tx, entry).await.map_err(|e| e.in_entry(entry.index))?;
         let mut ids: Vec<String> = plan.id.iter().cloned().collect();
         if let (Verb::Delete, Target::Search(filters)) = (&entry.method, &plan.target) {
-            let filters = confined_condition(caller, plan.ty, Perm::Delete, filters).map_err(|e| e.in_entry(entry.index))?;
+            let filters =
+                confined_condition(caller, plan.ty, Perm::Delete, filters).map_err(|e| e.in_entry(entry.index))?;
             ids = tx.find(plan.ty, &filters, state.limits.max_conditional_deletes as i64 + 1).await?;
         }
         for id in &ids {

@@ -7,9 +7,9 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::value::RawValue;
 
+use super::authorize::{check_readable, Caller};
 use super::negotiate::{etag, Format};
 use super::resource::{Target, TypePath};
-use super::authorize::{check_readable, Caller};
 use crate::error::AppError;
 use crate::fhir::bundle::{Bundle, Entry, EntryRequest, EntryResponse};
 use crate::fhir::outcome::IssueType;

@@ -9,8 +9,8 @@
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
 
-use super::negotiate::query_pairs;
 use super::authorize::{compartment_filter, content_in_compartment, outside, require};
+use super::negotiate::query_pairs;
 use crate::auth::{Access, Perm, Principal};
 use crate::error::AppError;
 use crate::fhir::outcome::{Issue, IssueType};
@@ -168,7 +168,9 @@ impl Rights<'_> {
     /// The caller may apply `perm` to the stored `ty/id`.
     async fn existing(&self, tx: &mut WriteTx, ty: ResourceType, id: &str, perm: Perm) -> Result<(), AppError> {
         match require(self.0, ty.as_str(), perm)? {
-            Access::Compartment(c) if !tx.in_compartment(ty, id, &c.patient, c.params).await? => Err(outside(ty.as_str(), id)),
+            Access::Compartment(c) if !tx.in_compartment(ty, id, &c.patient, c.params).await? => {
+                Err(outside(ty.as_str(), id))
+            }
             _ => Ok(()),
         }
     }
@@ -221,22 +223,24 @@ pub async fn execute(state: &AppState, caller: &Principal, tx: &mut WriteTx, wri
             // match is updated, and a body id must be that match's.
             let id = match target {
                 Target::Id(id) => id.clone(),
-                Target::Search(filters) => match (find_one(tx, ty, &rights.condition(ty, Perm::Update, filters)?).await?, body_id) {
-                    (Some(found), Some(given)) if given != found => {
-                        return Err(AppError::invalid(
-                            IssueType::Invalid,
-                            "the resource id is not the id of the resource the condition matched",
-                        ))
+                Target::Search(filters) => {
+                    match (find_one(tx, ty, &rights.condition(ty, Perm::Update, filters)?).await?, body_id) {
+                        (Some(found), Some(given)) if given != found => {
+                            return Err(AppError::invalid(
+                                IssueType::Invalid,
+                                "the resource id is not the id of the resource the condition matched",
+                            ))
+                        }
+                        (Some(found), _) => found,
+                        (None, Some(given)) => given.to_owned(),
+                        (None, None) => {
+                            let id = uuid::Uuid::new_v4().to_string();
+                            rights.content(ty, &id, Perm::Create, derived)?;
+                            let written = tx.write(ty, &id, Change::Create(resource.clone()), derived.into()).await?;
+                            return Ok(Done::stored(written, ty, &id));
+                        }
                     }
-                    (Some(found), _) => found,
-                    (None, Some(given)) => given.to_owned(),
-                    (None, None) => {
-                        let id = uuid::Uuid::new_v4().to_string();
-                        rights.content(ty, &id, Perm::Create, derived)?;
-                        let written = tx.write(ty, &id, Change::Create(resource.clone()), derived.into()).await?;
-                        return Ok(Done::stored(written, ty, &id));
-                    }
-                },
+                }
             };
             let perm = rights.update_perm(tx, ty, &id).await?;
             if perm == Perm::Update {

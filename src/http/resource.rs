@@ -9,8 +9,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::negotiate::{etag, resource_response, Format, Return};
 use super::authorize::{check_readable, Caller};
+use super::negotiate::{etag, resource_response, Format, Return};
 use crate::error::AppError;
 use crate::fhir::outcome::IssueType;
 use crate::fhir::primitives;

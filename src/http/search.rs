@@ -12,9 +12,9 @@ use axum::response::Response;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
+use super::authorize::{compartment_filter, require, Caller};
 use super::negotiate::{prefer_tokens, query_pairs, Format};
 use super::resource::TypePath;
-use super::authorize::{compartment_filter, require, Caller};
 use crate::auth::{Access, Perm, Principal};
 use crate::error::AppError;
 use crate::fhir::bundle::{Bundle, Entry};

@@ -2,15 +2,16 @@
 //! (conditional), and `$validate`. Each builds an [`interaction::Write`] and runs it in its own
 //! transaction; a transaction Bundle runs the same writes.
 
-use axum::extract::{OriginalUri, Query, State};
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
+use super::authorize::Caller;
 use super::interaction::{self, check_resource, parse_condition, Done, Target as WriteTarget, Write, WriteKind};
 use super::negotiate::{etag, if_match, resource_response, FhirJson, Format, PatchBody, Return};
 use super::resource::{Target, TypePath};
-use super::authorize::Caller;
 use crate::auth::Principal;
 use crate::error::AppError;
 use crate::fhir::outcome::{operation_outcome, Issue, IssueType};
@@ -20,7 +21,13 @@ use crate::state::AppState;
 use crate::store::Expect;
 
 /// Runs one write in its own transaction (again, when it loses to a concurrent writer).
-async fn run(state: &AppState, caller: &Principal, write: Write, format: Format, ret: Return) -> Result<Response, AppError> {
+async fn run(
+    state: &AppState,
+    caller: &Principal,
+    write: Write,
+    format: Format,
+    ret: Return,
+) -> Result<Response, AppError> {
     let done = in_transaction!(state.store, |tx| interaction::execute(state, caller, &mut tx, &write))?;
     Ok(respond(state, write.ty, done, format, ret))
 }
@@ -65,10 +72,20 @@ fn expectation(headers: &HeaderMap) -> Result<Expect, AppError> {
     }
 }
 
-/// The search of a conditional interaction, from the URL's query.
-fn url_condition(state: &AppState, ty: ResourceType, uri: &OriginalUri) -> Result<WriteTarget, AppError> {
-    let query = uri.query().unwrap_or("");
-    Ok(WriteTarget::Search(parse_condition(state, ty, query, "the condition in the URL")?))
+/// The type and search of a conditional interaction (`/{type}?search`).
+pub struct Conditional {
+    ty: ResourceType,
+    target: WriteTarget,
+}
+
+impl FromRequestParts<AppState> for Conditional {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let TypePath(ty) = TypePath::from_request_parts(parts, state).await?;
+        let query = parts.uri.query().unwrap_or("");
+        Ok(Self { ty, target: WriteTarget::Search(parse_condition(state, ty, query, "the condition in the URL")?) })
+    }
 }
 
 /// `POST /{type}`: create, or conditional create with `If-None-Exist`.
@@ -89,7 +106,8 @@ pub async fn create(
     let id = uuid::Uuid::new_v4().to_string();
     resource.insert("id".into(), Value::from(id.as_str()));
     let derived = check_resource(&state, ty, &resource, None)?;
-    run(&state, &caller, Write { ty, kind: WriteKind::Create { id, resource, derived, if_none_exist } }, format, ret).await
+    run(&state, &caller, Write { ty, kind: WriteKind::Create { id, resource, derived, if_none_exist } }, format, ret)
+        .await
 }
 
 /// `PUT /{type}/{id}`: update, or create with the client's id.
@@ -112,14 +130,12 @@ pub async fn update(
 pub async fn conditional_update(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    TypePath(ty): TypePath,
-    uri: OriginalUri,
+    Conditional { ty, target }: Conditional,
     format: Format,
     ret: Return,
     headers: HeaderMap,
     FhirJson(resource): FhirJson,
 ) -> Result<Response, AppError> {
-    let target = url_condition(&state, ty, &uri)?;
     let expect = expectation(&headers)?;
     let derived = check_resource(&state, ty, &resource, None)?;
     run(&state, &caller, Write { ty, kind: WriteKind::Update { target, resource, derived, expect } }, format, ret).await
@@ -143,14 +159,13 @@ pub async fn patch(
 pub async fn conditional_patch(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    TypePath(ty): TypePath,
-    uri: OriginalUri,
+    Conditional { ty, target }: Conditional,
     format: Format,
     ret: Return,
     headers: HeaderMap,
     PatchBody(patch): PatchBody,
 ) -> Result<Response, AppError> {
-    let kind = WriteKind::Patch { target: url_condition(&state, ty, &uri)?, patch, expect: expectation(&headers)? };
+    let kind = WriteKind::Patch { target, patch, expect: expectation(&headers)? };
     run(&state, &caller, Write { ty, kind }, format, ret).await
 }
 
@@ -172,13 +187,12 @@ pub async fn delete(
 pub async fn conditional_delete(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    TypePath(ty): TypePath,
-    uri: OriginalUri,
+    Conditional { ty, target }: Conditional,
     format: Format,
     ret: Return,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let kind = WriteKind::Delete { target: url_condition(&state, ty, &uri)?, expect: expectation(&headers)? };
+    let kind = WriteKind::Delete { target, expect: expectation(&headers)? };
     run(&state, &caller, Write { ty, kind }, format, ret).await
 }
 

@@ -5,6 +5,7 @@
 //! trial per engine, and so that PostgreSQL trials show up as ignored (counted in the summary)
 //! when no server is reachable outside CI. With `CI` set they always run.
 
+mod auth;
 mod bundle;
 mod concurrency;
 mod conditional;
@@ -96,6 +97,10 @@ fn main() {
         tls::mutual_tls_requires_a_client_certificate,
         tls::certificates_reload_without_restart,
         tls::unprotected_exposure_is_refused,
+        auth::tokens_are_required_and_validated,
+        auth::scopes_allow_exactly_their_interactions,
+        auth::patient_scopes_confine_to_the_compartment,
+        auth::keys_come_from_a_jwks_url_and_rotate,
         search::token_search_forms,
         search::string_search_is_case_and_accent_insensitive,
         search::reference_search_forms,
