@@ -9,6 +9,9 @@ use clap::Parser;
 #[derive(Clone, Parser)]
 #[command(version, about)]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address and port to listen on.
     #[arg(long, env = "LIAISON_LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen_addr: SocketAddr,
@@ -104,6 +107,14 @@ pub struct Config {
 }
 
 /// How log lines are written.
+/// What to do instead of serving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Walk the audit trail's hash chain and report the first broken link (exit status 1 when
+    /// the chain does not hold).
+    VerifyAudit,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,

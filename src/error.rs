@@ -153,7 +153,7 @@ impl AppError {
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) | StoreError::Contention => Self::Unavailable(e),
+            StoreError::Unavailable(_) | StoreError::Contention | StoreError::AuditUnavailable => Self::Unavailable(e),
             StoreError::VersionConflict => {
                 Self::PreconditionFailed("the resource has changed: its version is not the one in If-Match".into())
             }

@@ -18,12 +18,13 @@
 //! (apart from the `meta` elements the server owns); errors carry resource types and ids, never
 //! clinical content; specification references cite R4 page names (e.g. `http.html#update`).
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod fhir;
 pub mod http;
-mod serve;
+pub mod serve;
 pub mod state;
 pub mod store;
 pub mod telemetry;
@@ -81,6 +82,13 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         }
         None => state,
     })
+}
+
+/// Opens the database named by `config` and walks the audit chain.
+pub async fn verify_audit(config: &Config) -> Result<store::ChainReport, StartError> {
+    let store = store::Store::connect(&config.database_url, 1).await?;
+    store.migrate().await?;
+    Ok(store.verify_audit().await?)
 }
 
 /// The application router for `state`.

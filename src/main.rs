@@ -8,6 +8,25 @@ use liaison::Config;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     liaison::telemetry::init(&config);
+    if config.command == Some(liaison::config::Command::VerifyAudit) {
+        let report = liaison::verify_audit(&config).await.context("reading the audit trail")?;
+        return match report.broken {
+            None => {
+                println!("audit trail intact: {} records verified", report.verified);
+                Ok(())
+            }
+            Some(link) => {
+                println!(
+                    "audit trail BROKEN at record {} ({}): {}; {} records before it verified",
+                    link.seq,
+                    link.id.as_deref().unwrap_or("no record"),
+                    link.reason,
+                    report.verified
+                );
+                std::process::exit(1);
+            }
+        };
+    }
     tracing::info!(config = ?config, "starting Liaison");
 
     match config.check_exposure() {

@@ -3,6 +3,7 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
+use crate::audit::AuditLog;
 use crate::auth::jwt::Authenticator;
 use crate::fhir::registry::Registry;
 use crate::store::Store;
@@ -14,8 +15,8 @@ pub struct AppState(Arc<Inner>);
 /// What every handler may use.
 #[derive(Debug)]
 pub struct Inner {
-    pub store: Store,
-    pub registry: Registry,
+    pub store: Arc<Store>,
+    pub registry: Arc<Registry>,
     /// Public base URL of the FHIR API, without a trailing slash.
     pub base_url: String,
     pub limits: Limits,
@@ -23,6 +24,8 @@ pub struct Inner {
     pub auth: Option<Authenticator>,
     /// Endpoints advertised in the SMART configuration.
     pub smart: SmartEndpoints,
+    /// The audit trail.
+    pub audit: AuditLog,
 }
 
 /// The issuer's OAuth2 endpoints, as configured.
@@ -48,8 +51,11 @@ pub struct Limits {
 }
 
 impl AppState {
+    /// The state over `store`; starts the audit trail's writer on the current runtime.
     pub fn new(store: Store, registry: Registry, base_url: String, limits: Limits) -> Self {
-        Self(Arc::new(Inner { store, registry, base_url, limits, auth: None, smart: SmartEndpoints::default() }))
+        let (store, registry) = (Arc::new(store), Arc::new(registry));
+        let audit = AuditLog::start(store.clone(), registry.clone(), base_url.clone());
+        Self(Arc::new(Inner { store, registry, base_url, limits, auth: None, smart: SmartEndpoints::default(), audit }))
     }
 
     /// The same state with bearer-token authorization.

@@ -169,7 +169,7 @@ impl Authenticator {
             client_id: claims.client_id.or(claims.azp),
             patient: claims.patient,
             scopes,
-            unrestricted: false,
+            ..Principal::default()
         })
     }
 

@@ -120,6 +120,10 @@ pub struct Principal {
     pub scopes: Vec<Scope>,
     /// No authorization is configured: everything is allowed (loopback development only).
     pub unrestricted: bool,
+    /// The network address the request came from.
+    pub address: Option<String>,
+    /// The subject of the verified TLS client certificate (mutual TLS).
+    pub certificate: Option<String>,
 }
 
 /// What a principal may do with one type and interaction.

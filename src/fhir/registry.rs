@@ -14,6 +14,7 @@ use super::validate::LocalReference;
 
 /// The resource types this server holds, in CapabilityStatement order.
 pub const SUPPORTED_TYPES: &[&str] = &[
+    "AuditEvent",
     "CarePlan",
     "CareTeam",
     "Condition",
@@ -29,9 +30,17 @@ pub const SUPPORTED_TYPES: &[&str] = &[
     "Task",
 ];
 
-/// The RESTful interactions supported on every type (CapabilityStatement.rest.resource.interaction).
+/// The RESTful interactions supported on the types clients write
+/// (CapabilityStatement.rest.resource.interaction).
 pub const TYPE_INTERACTIONS: &[&str] =
     &["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"];
+
+/// Types only the server writes: the audit trail. Clients may read and search them (with a
+/// scope that names them), never write them, and they have no history.
+pub const SERVER_WRITTEN: &[&str] = &["AuditEvent"];
+
+/// The interactions on server-written types.
+pub const SERVER_WRITTEN_INTERACTIONS: &[&str] = &["read", "search-type"];
 
 /// A resource type the registry knows; obtained only through [`Registry::resource_type`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,9 +82,25 @@ impl Registry {
     /// and those of its local `references` (from validation) that point at served types, which
     /// the store resolves and records. Writes and the start-up re-index both use it.
     pub fn derive(&self, ty: &str, resource: &Value, references: Vec<LocalReference>, base_url: &str) -> Derived {
-        Derived {
-            index: self.search.extract(&self.definitions, ty, resource, base_url),
-            references: references.into_iter().filter(|r| self.resource_type(&r.resource_type).is_some()).collect(),
+        // The audit trail references what it records, but must never keep it from being deleted.
+        let references = match self.server_written(ty) {
+            true => Vec::new(),
+            false => references.into_iter().filter(|r| self.resource_type(&r.resource_type).is_some()).collect(),
+        };
+        Derived { index: self.search.extract(&self.definitions, ty, resource, base_url), references }
+    }
+
+    /// Whether only the server writes resources of `ty`.
+    pub fn server_written(&self, ty: &str) -> bool {
+        SERVER_WRITTEN.contains(&ty)
+    }
+
+    /// The interactions clients may use on `ty`.
+    pub fn interactions(&self, ty: &str) -> &'static [&'static str] {
+        if self.server_written(ty) {
+            SERVER_WRITTEN_INTERACTIONS
+        } else {
+            TYPE_INTERACTIONS
         }
     }
 

@@ -16,6 +16,7 @@ use crate::auth::{Access, Confinement, Perm, Principal};
 use crate::error::AppError;
 use crate::fhir::search::index::{IndexEntry, IndexValue};
 use crate::fhir::search::query::Filter;
+use crate::serve::Peer;
 use crate::state::AppState;
 
 /// The authenticated caller of a request.
@@ -39,15 +40,24 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     if PUBLIC_ROUTES.contains(&route.as_str()) {
         return next.run(req).await;
     }
-    let principal = match principal(&state, req.headers()).await {
+    let mut principal = match principal(&state, req.headers()).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    if let Err(e) = check_route(&state, &principal, req.method(), &route, req.uri().path()) {
-        return e.into_response();
+    if let Some(peer) = req.extensions().get::<Peer>() {
+        principal.address = Some(peer.addr.ip().to_string());
+        principal.certificate.clone_from(&peer.client_subject);
     }
-    req.extensions_mut().insert(principal);
-    next.run(req).await
+    // The audit layer outside this one learns who called from the response.
+    let mut response = match check_route(&state, &principal, req.method(), &route, req.uri().path()) {
+        Err(e) => e.into_response(),
+        Ok(()) => {
+            req.extensions_mut().insert(principal.clone());
+            next.run(req).await
+        }
+    };
+    response.extensions_mut().insert(principal);
+    response
 }
 
 /// The principal of a request's bearer token; unrestricted when authorization is off.
@@ -73,7 +83,8 @@ fn check_route(
 ) -> Result<(), AppError> {
     if route == "/fhir/_history" {
         // System history spans every type, unconfined.
-        for ty in state.registry.types() {
+        // (The audit trail has no history, so it is not part of it.)
+        for ty in state.registry.types().filter(|t| !state.registry.server_written(t.as_str())) {
             if require(principal, ty.as_str(), Perm::Read)? != Access::Full {
                 return Err(AppError::Forbidden("system history needs unconfined read access to every type".into()));
             }
@@ -85,6 +96,15 @@ fn check_route(
     if state.registry.resource_type(ty).is_none() {
         // Unknown types answer 404 from their handler; the Bundle endpoint checks per entry.
         return Ok(());
+    }
+    if state.registry.server_written(ty)
+        && !matches!(
+            (method.as_str(), route),
+            ("GET", "/fhir/{type}" | "/fhir/{type}/{id}") | ("POST", "/fhir/{type}/_search")
+        )
+    {
+        // The audit trail is written by the server alone, and has no history.
+        return Err(AppError::MethodNotAllowed);
     }
     let perm = match (method.as_str(), route) {
         ("GET", "/fhir/{type}") | ("POST", "/fhir/{type}/_search") => Perm::Search,

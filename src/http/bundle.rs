@@ -15,15 +15,17 @@ use std::collections::HashMap;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine;
 use serde_json::{json, Map, Value};
 use tower::ServiceExt;
 
 use super::authorize::Caller;
-use super::interaction::{self, check_resource, confined_condition, parse_condition, Done, Target, Write, WriteKind};
+use super::interaction::{check_resource, confined_condition, parse_condition, Done, Target, Write, WriteKind};
 use super::negotiate::{etag, FhirJson, Format, Return};
+use super::write::execute_audited;
+use crate::audit::AuditDetail;
 use crate::auth::{Perm, Principal};
 use crate::error::AppError;
 use crate::fhir::outcome::{operation_outcome, Issue, IssueType};
@@ -92,15 +94,36 @@ pub async fn process(
     ret: Return,
     headers: HeaderMap,
     FhirJson(bundle): FhirJson,
+) -> Response {
+    let kind = match bundle.get("type").and_then(Value::as_str) {
+        Some("transaction") => Kind::Transaction,
+        _ => Kind::Batch,
+    };
+    let mut response = match run(&state, &caller, format, ret, &headers, bundle).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    };
+    let interaction = if kind == Kind::Transaction { "transaction" } else { "batch" };
+    response.extensions_mut().insert(AuditDetail { interaction: Some(interaction), ..AuditDetail::default() });
+    response
+}
+
+async fn run(
+    state: &AppState,
+    caller: &Principal,
+    format: Format,
+    ret: Return,
+    headers: &HeaderMap,
+    bundle: Map<String, Value>,
 ) -> Result<Response, AppError> {
-    let (kind, entries) = read_bundle(&state, bundle)?;
+    let (kind, entries) = read_bundle(state, bundle)?;
     let response_entries = match kind {
-        Kind::Transaction => transaction(&state, &caller, &entries, ret, &headers).await?,
+        Kind::Transaction => transaction(state, caller, &entries, ret, headers).await?,
         Kind::Batch => {
             let router = super::router(state.clone());
             let mut out = Vec::with_capacity(entries.len());
             for entry in &entries {
-                out.push(dispatch(&router, &state, entry, &headers).await);
+                out.push(dispatch(&router, state, entry, headers).await);
             }
             out
         }
@@ -329,7 +352,7 @@ async fn write_all(
         let ty = plan.ty;
         let write = into_write(state, plan).map_err(|e| e.in_entry(index))?;
         let changes_before = tx.changes();
-        let result = interaction::execute(state, caller, tx, &write).await.map_err(|e| e.in_entry(index))?;
+        let result = execute_audited(state, caller, tx, &write).await.map_err(|e| e.in_entry(index))?;
         order.extend(std::iter::repeat_n(index, tx.changes() - changes_before));
         done.push((index, (ty, result)));
     }
@@ -337,7 +360,7 @@ async fn write_all(
 }
 
 /// Settles what a write entry addresses. Conditional entries are matched here, inside the
-/// transaction; [`interaction::execute`] matches them again under the same locks.
+/// transaction; the write matches them again under the same locks.
 async fn plan<'e>(
     state: &AppState,
     caller: &Principal,

@@ -7,7 +7,6 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::negotiate::Format;
-use crate::fhir::registry::TYPE_INTERACTIONS;
 use crate::state::AppState;
 
 /// The CapabilityStatement of this server.
@@ -16,10 +15,10 @@ pub fn capability_statement(state: &AppState) -> Value {
         .registry
         .types()
         .map(|ty| {
-            json!({
+            let mut resource = json!({
                 "type": ty.as_str(),
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{ty}"),
-                "interaction": TYPE_INTERACTIONS.iter().map(|code| json!({ "code": code })).collect::<Vec<_>>(),
+                "interaction": state.registry.interactions(ty.as_str()).iter().map(|code| json!({ "code": code })).collect::<Vec<_>>(),
                 "versioning": "versioned-update",
                 "readHistory": true,
                 "updateCreate": true,
@@ -46,7 +45,25 @@ pub fn capability_statement(state: &AppState) -> Value {
                     "name": "validate",
                     "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
                 }],
-            })
+            });
+            if state.registry.server_written(ty.as_str()) {
+                // The audit trail: read and search only, one version each.
+                for (key, value) in [
+                    ("versioning", json!("no-version")),
+                    ("readHistory", json!(false)),
+                    ("updateCreate", json!(false)),
+                    ("conditionalCreate", json!(false)),
+                    ("conditionalUpdate", json!(false)),
+                    ("conditionalDelete", json!("not-supported")),
+                    ("conditionalRead", json!("not-supported")),
+                ] {
+                    resource[key] = value;
+                }
+                if let Some(map) = resource.as_object_mut() {
+                    map.remove("operation");
+                }
+            }
+            resource
         })
         .map(drop_empty_arrays)
         .collect();

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 use super::authorize::{check_readable, Caller};
 use super::negotiate::{etag, Format};
 use super::resource::{Target, TypePath};
+use crate::audit::AuditDetail;
 use crate::error::AppError;
 use crate::fhir::bundle::{Bundle, Entry, EntryRequest, EntryResponse};
 use crate::fhir::outcome::IssueType;
@@ -106,7 +107,11 @@ pub async fn instance(
         return Err(AppError::NotFound(format!("{}/{}", target.ty, target.id)));
     }
     let path = format!("{}/{}/_history", target.ty, target.id);
-    history(&state, format, HistoryScope::Instance(target.ty, target.id), path, q.as_deref()).await
+    let entity = format!("{}/{}", target.ty, target.id);
+    let mut response =
+        history(&state, format, HistoryScope::Instance(target.ty, target.id), path, q.as_deref()).await?;
+    response.extensions_mut().insert(AuditDetail { entities: vec![entity], ..AuditDetail::default() });
+    Ok(response)
 }
 
 async fn history(

@@ -9,6 +9,7 @@
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
 
+use super::audited::patients_in;
 use super::authorize::{compartment_filter, content_in_compartment, outside, require};
 use super::negotiate::query_pairs;
 use crate::auth::{Access, Perm, Principal};
@@ -70,27 +71,33 @@ pub struct Done {
     pub version: Option<Version>,
     /// What happened, in words, for responses without a resource.
     pub message: String,
+    /// For the audit trail: the resources touched (`Type/id/_history/v`) and the patients
+    /// whose compartment they are in.
+    pub entities: Vec<String>,
+    pub patients: Vec<String>,
 }
 
 impl Done {
-    fn stored(written: Written, ty: ResourceType, id: &str) -> Self {
-        match written {
+    /// The outcome of a write of `ty/id`, whose content is in the compartments of `patients`.
+    fn stored(written: Written, ty: ResourceType, id: &str, patients: Vec<String>) -> Self {
+        let (status, message, version) = match written {
             Written::Stored { version, .. } if version.is_deleted() => {
-                Self { status: StatusCode::NO_CONTENT, message: format!("{ty}/{id} deleted"), version: Some(version) }
+                (StatusCode::NO_CONTENT, format!("{ty}/{id} deleted"), Some(version))
             }
-            Written::Stored { version, created } => Self {
-                status: if created { StatusCode::CREATED } else { StatusCode::OK },
-                message: format!("{ty}/{id} version {} stored", version.version_id),
-                version: Some(version),
-            },
+            Written::Stored { version, created } => (
+                if created { StatusCode::CREATED } else { StatusCode::OK },
+                format!("{ty}/{id} version {} stored", version.version_id),
+                Some(version),
+            ),
             Written::Unchanged => {
-                Self::nothing(format!("{ty}/{id} does not exist or is already deleted; nothing to do"))
+                (StatusCode::NO_CONTENT, format!("{ty}/{id} does not exist or is already deleted; nothing to do"), None)
             }
-        }
-    }
-
-    fn nothing(message: String) -> Self {
-        Self { status: StatusCode::NO_CONTENT, version: None, message }
+        };
+        let entity = match &version {
+            Some(v) => format!("{ty}/{id}/_history/{}", v.version_id),
+            None => format!("{ty}/{id}"),
+        };
+        Self { status, version, message, entities: vec![entity], patients }
     }
 }
 
@@ -103,6 +110,9 @@ pub fn check_resource(
     resource: &Map<String, Value>,
     url_id: Option<&str>,
 ) -> Result<Derived, AppError> {
+    if state.registry.server_written(ty.as_str()) {
+        return Err(AppError::MethodNotAllowed);
+    }
     match resource.get("resourceType").and_then(Value::as_str) {
         Some(t) if t == ty.as_str() => {}
         Some(_) => {
@@ -202,6 +212,9 @@ pub fn confined_condition(
 /// Runs one write interaction inside `tx` for `caller`.
 pub async fn execute(state: &AppState, caller: &Principal, tx: &mut WriteTx, write: &Write) -> Result<Done, AppError> {
     let ty = write.ty;
+    if state.registry.server_written(ty.as_str()) {
+        return Err(AppError::MethodNotAllowed);
+    }
     let rights = Rights(caller);
     match &write.kind {
         WriteKind::Create { id, resource, derived, if_none_exist } => {
@@ -211,11 +224,14 @@ pub async fn execute(state: &AppState, caller: &Principal, tx: &mut WriteTx, wri
                 if let Some(found) = find_one(tx, ty, &filters).await? {
                     // R4 http.html#ccreate: one match, the request is ignored and the match returned.
                     let version = tx.current(ty, &found).await?;
-                    return Ok(Done { status: StatusCode::OK, version, message: format!("{ty}/{found} matched") });
+                    let entities = vec![format!("{ty}/{found}")];
+                    let patients = patients_in(ty.as_str(), &found, &derived.index);
+                    let message = format!("{ty}/{found} matched");
+                    return Ok(Done { status: StatusCode::OK, version, message, entities, patients });
                 }
             }
             let written = tx.write(ty, id, Change::Create(resource.clone()), derived.into()).await?;
-            Ok(Done::stored(written, ty, id))
+            Ok(Done::stored(written, ty, id, patients_in(ty.as_str(), id, &derived.index)))
         }
         WriteKind::Update { target, resource, derived, expect } => {
             let body_id = resource.get("id").and_then(Value::as_str);
@@ -237,7 +253,7 @@ pub async fn execute(state: &AppState, caller: &Principal, tx: &mut WriteTx, wri
                             let id = uuid::Uuid::new_v4().to_string();
                             rights.content(ty, &id, Perm::Create, derived)?;
                             let written = tx.write(ty, &id, Change::Create(resource.clone()), derived.into()).await?;
-                            return Ok(Done::stored(written, ty, &id));
+                            return Ok(Done::stored(written, ty, &id, patients_in(ty.as_str(), &id, &derived.index)));
                         }
                     }
                 }
@@ -250,7 +266,7 @@ pub async fn execute(state: &AppState, caller: &Principal, tx: &mut WriteTx, wri
             let mut resource = resource.clone();
             resource.insert("id".into(), Value::from(id.as_str()));
             let written = tx.write(ty, &id, Change::Update { resource, expect: *expect }, derived.into()).await?;
-            Ok(Done::stored(written, ty, &id))
+            Ok(Done::stored(written, ty, &id, patients_in(ty.as_str(), &id, &derived.index)))
         }
         WriteKind::Patch { target, patch, expect } => {
             let id = match target {
@@ -291,12 +307,12 @@ pub async fn execute(state: &AppState, caller: &Principal, tx: &mut WriteTx, wri
             rights.content(ty, &id, Perm::Update, &derived)?;
             let change = Change::Update { resource: patched, expect: Expect::Version(current.version_id) };
             let written = tx.write(ty, &id, change, (&derived).into()).await?;
-            Ok(Done::stored(written, ty, &id))
+            Ok(Done::stored(written, ty, &id, patients_in(ty.as_str(), &id, &derived.index)))
         }
         WriteKind::Delete { target: Target::Id(id), expect } => {
             rights.existing(tx, ty, id, Perm::Delete).await?;
             let written = tx.write(ty, id, Change::Delete { expect: *expect }, Default::default()).await?;
-            Ok(Done::stored(written, ty, id))
+            Ok(Done::stored(written, ty, id, patients_in(ty.as_str(), id, &[])))
         }
         WriteKind::Delete { target: Target::Search(filters), expect } => {
             // R4 http.html#cdelete: several matches are deleted only where the server is
@@ -323,7 +339,10 @@ pub async fn execute(state: &AppState, caller: &Principal, tx: &mut WriteTx, wri
                 1 => format!("{ty}/{} deleted", ids[0]),
                 n => format!("{n} {ty} resources deleted"),
             };
-            Ok(Done { status: StatusCode::NO_CONTENT, version: if ids.len() == 1 { last } else { None }, message })
+            let entities = ids.iter().map(|id| format!("{ty}/{id}")).collect();
+            let patients = ids.iter().flat_map(|id| patients_in(ty.as_str(), id, &[])).collect();
+            let version = if ids.len() == 1 { last } else { None };
+            Ok(Done { status: StatusCode::NO_CONTENT, version, message, entities, patients })
         }
     }
 }

@@ -2,6 +2,7 @@
 //! (request id, tracing, body limit). Handlers are generic over resource types; the registry
 //! decides which types exist.
 
+mod audited;
 mod authorize;
 mod bundle;
 mod capabilities;
@@ -51,6 +52,8 @@ pub fn router(state: AppState) -> Router {
         .route("/{type}/{id}/_history/{vid}", get(resource::vread))
         .route("/.well-known/smart-configuration", get(authorize::smart_configuration))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize::authenticate))
+        // Outermost, so that denials are audited too.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audited::audit))
         .method_not_allowed_fallback(resource::method_not_allowed);
 
     Router::new()

@@ -9,6 +9,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+use super::audited::read_detail;
 use super::authorize::{check_readable, Caller};
 use super::negotiate::{etag, resource_response, Format, Return};
 use crate::error::AppError;
@@ -90,7 +91,10 @@ pub async fn read(
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response());
     }
-    Ok(resource_response(format, StatusCode::OK, &version, Return::Representation, None))
+    let mut response = resource_response(format, StatusCode::OK, &version, Return::Representation, None);
+    let detail = read_detail(&state, target.ty.as_str(), &target.id, version.version_id, version.content.as_deref());
+    response.extensions_mut().insert(detail);
+    Ok(response)
 }
 
 /// The current, not deleted version of the target.
@@ -116,7 +120,12 @@ pub async fn vread(
     match state.store.vread(target.ty, &target.id, vid).await? {
         None => Err(AppError::NotFound(described())),
         Some(v) if v.is_deleted() => Err(AppError::Gone(described())),
-        Some(v) => Ok(resource_response(format, StatusCode::OK, &v, Return::Representation, None)),
+        Some(v) => {
+            let mut response = resource_response(format, StatusCode::OK, &v, Return::Representation, None);
+            let detail = read_detail(&state, target.ty.as_str(), &target.id, v.version_id, v.content.as_deref());
+            response.extensions_mut().insert(detail);
+            Ok(response)
+        }
     }
 }
 

@@ -12,9 +12,11 @@ use axum::response::Response;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
+use super::audited::patients_searched;
 use super::authorize::{compartment_filter, require, Caller};
 use super::negotiate::{prefer_tokens, query_pairs, Format};
 use super::resource::TypePath;
+use crate::audit::AuditDetail;
 use crate::auth::{Access, Perm, Principal};
 use crate::error::AppError;
 use crate::fhir::bundle::{Bundle, Entry};
@@ -143,7 +145,10 @@ async fn search(
     if let Some(outcome) = &outcome {
         bundle.push(Entry::search(format!("urn:uuid:{}", uuid::Uuid::new_v4()), outcome, "outcome"));
     }
-    Ok(format.respond(StatusCode::OK, bundle.to_json()))
+    let mut response = format.respond(StatusCode::OK, bundle.to_json());
+    let patients = patients_searched(ty.as_str(), &q.filters);
+    response.extensions_mut().insert(AuditDetail { patients, ..AuditDetail::default() });
+    Ok(response)
 }
 
 /// Requires search access to every type a chain or `_has` looks into.

@@ -12,13 +12,14 @@ use super::authorize::Caller;
 use super::interaction::{self, check_resource, parse_condition, Done, Target as WriteTarget, Write, WriteKind};
 use super::negotiate::{etag, if_match, resource_response, FhirJson, Format, PatchBody, Return};
 use super::resource::{Target, TypePath};
+use crate::audit::{AuditRecord, Audited};
 use crate::auth::Principal;
 use crate::error::AppError;
 use crate::fhir::outcome::{operation_outcome, Issue, IssueType};
 use crate::fhir::registry::ResourceType;
 use crate::in_transaction;
 use crate::state::AppState;
-use crate::store::Expect;
+use crate::store::{Expect, WriteTx};
 
 /// Runs one write in its own transaction (again, when it loses to a concurrent writer).
 async fn run(
@@ -28,8 +29,38 @@ async fn run(
     format: Format,
     ret: Return,
 ) -> Result<Response, AppError> {
-    let done = in_transaction!(state.store, |tx| interaction::execute(state, caller, &mut tx, &write))?;
-    Ok(respond(state, write.ty, done, format, ret))
+    let done = in_transaction!(state.store, |tx| execute_audited(state, caller, &mut tx, &write))?;
+    let mut response = respond(state, write.ty, done, format, ret);
+    response.extensions_mut().insert(Audited);
+    Ok(response)
+}
+
+/// Runs a write and records its AuditEvent in the same transaction.
+pub async fn execute_audited(
+    state: &AppState,
+    caller: &Principal,
+    tx: &mut WriteTx,
+    write: &Write,
+) -> Result<Done, AppError> {
+    let done = interaction::execute(state, caller, tx, write).await?;
+    let (interaction, action) = match &write.kind {
+        WriteKind::Create { .. } => ("create", "C"),
+        WriteKind::Update { .. } => ("update", "U"),
+        WriteKind::Patch { .. } => ("patch", "U"),
+        WriteKind::Delete { .. } => ("delete", "D"),
+    };
+    let record = AuditRecord {
+        interaction,
+        action,
+        status: done.status.as_u16(),
+        caller: Some(caller.clone()),
+        resource_type: Some(write.ty.as_str().to_owned()),
+        entities: done.entities.clone(),
+        patients: done.patients.clone(),
+        ..AuditRecord::default()
+    };
+    state.audit.record_in(tx, &record).await?;
+    Ok(done)
 }
 
 /// The response to a write: the resource as `Prefer` asks, or for deletes 204 (200 with an

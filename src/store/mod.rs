@@ -11,10 +11,12 @@
 //! advisory locks make the same guarantees across replicas. Nothing is kept in memory between
 //! requests.
 
+mod audit;
 pub mod search_sql;
 mod sql;
 mod write;
 
+pub use audit::{BrokenLink, ChainReport};
 pub use write::{Change, Contended, Expect, WriteTx, Written, WRITE_ATTEMPTS};
 
 use std::collections::HashSet;
@@ -60,6 +62,9 @@ pub enum StoreError {
     Contention,
     #[error("stored content could not be read")]
     Corrupt,
+    /// The audit trail could not record a request, so the request is refused (fail closed).
+    #[error("the audit trail is unavailable")]
+    AuditUnavailable,
     #[error("database error")]
     Db(#[source] sqlx::Error),
     #[error("migration failed")]
@@ -231,6 +236,8 @@ macro_rules! on_db {
         }
     };
 }
+
+pub(crate) use on_db;
 
 /// The resource store.
 pub struct Store {

@@ -9,6 +9,25 @@ macro_rules! select_current {
     };
 }
 
+macro_rules! select_audit_head {
+    () => {
+        "SELECT seq, hash, recorded FROM audit_head WHERE id = 1"
+    };
+}
+
+pub const SELECT_AUDIT_HEAD: &str = select_audit_head!();
+
+pub const INSERT_AUDIT_LINK: &str = "INSERT INTO audit_chain (seq, id, prev_hash, hash) VALUES ($1, $2, $3, $4)";
+
+pub const UPDATE_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = $1, hash = $2, recorded = $3 WHERE id = 1";
+
+/// A batch of the chain from `$1` on, with each record's stored AuditEvent.
+pub const SELECT_AUDIT_LINKS: &str = "SELECT c.seq, c.id, c.prev_hash, c.hash, r.content FROM audit_chain c \
+     LEFT JOIN resources r ON r.resource_type = 'AuditEvent' AND r.id = c.id \
+     WHERE c.seq >= $1 ORDER BY c.seq LIMIT $2";
+
+pub const COUNT_AUDIT_EVENTS: &str = "SELECT COUNT(*) FROM resources WHERE resource_type = 'AuditEvent'";
+
 /// What differs between SQLite and PostgreSQL.
 pub struct Dialect {
     /// Starts a write transaction.
@@ -27,6 +46,8 @@ pub struct Dialect {
     /// Opens and closes a JSON array of SQL values, as text (search paging keys).
     pub json_array_open: &'static str,
     pub json_array_close: &'static str,
+    /// Reads the head of the audit chain; on PostgreSQL it also locks it until commit.
+    pub lock_audit_head: &'static str,
     /// Finds a live resource that a reference points at and keeps it from being deleted until
     /// the referring write commits.
     pub reference_exists: &'static str,
@@ -43,6 +64,7 @@ pub const SQLITE: Dialect = Dialect {
     json_array_open: "json_array(",
     json_array_close: ")",
     reference_exists: "SELECT version_id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted",
+    lock_audit_head: SELECT_AUDIT_HEAD,
 };
 
 /// PostgreSQL: advisory and row locks make concurrent replicas behave as one server.
@@ -56,6 +78,7 @@ pub const POSTGRES: Dialect = Dialect {
     json_array_open: "json_build_array(",
     json_array_close: ")::text",
     reference_exists: "SELECT version_id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted FOR SHARE",
+    lock_audit_head: concat!(select_audit_head!(), " FOR UPDATE"),
 };
 
 /// Columns of [`super::Version`] from `resources`.

@@ -14,6 +14,7 @@ use super::search_sql::{self, Bind, Compiler};
 use super::sql::{self, Dialect, POSTGRES, SQLITE};
 use super::{bind_all, Db, Store, StoreError, Version, WriteExtras};
 use crate::fhir::registry::ResourceType;
+use crate::fhir::search::index::IndexEntry;
 use crate::fhir::search::query::Filter;
 use crate::fhir::validate::LocalReference;
 use crate::fhir::{self, Millis};
@@ -200,6 +201,53 @@ impl WriteTx {
             bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(&mut *conn).await?
         });
         Ok(!rows.is_empty())
+    }
+
+    /// Appends AuditEvent `id` to the audit trail: its row, its index rows (`index` of the
+    /// final content; no history: an AuditEvent has one version), and a link of the hash
+    /// chain. Its `recorded` time is set here, later than its predecessor's, so that the trail
+    /// sorts by date in chain order. Locks the chain's head until the transaction ends, so call
+    /// it last.
+    pub async fn record_audit(
+        &mut self,
+        id: &str,
+        mut resource: Map<String, Value>,
+        index: &(dyn Fn(&Value) -> Vec<IndexEntry> + Sync),
+    ) -> Result<(), StoreError> {
+        const TYPE: &str = "AuditEvent";
+        on_tx!(self.tx, |conn, dialect| {
+            let (seq, prev, last): (i64, String, Millis) =
+                sqlx::query_as(dialect.lock_audit_head).fetch_one(&mut *conn).await?;
+            let now = fhir::now_millis().max(last + 1);
+            resource.insert("recorded".into(), Value::from(fhir::format_instant(now)));
+            fhir::stamp(&mut resource, id, 1, now);
+            let value = Value::Object(resource);
+            let entries = index(&value);
+            let content = value.to_string();
+            sqlx::query(sql::INSERT_CURRENT)
+                .bind(TYPE)
+                .bind(id)
+                .bind(1_i64)
+                .bind(now)
+                .bind(false)
+                .bind(content.as_str())
+                .bind(0_i64)
+                .execute(&mut *conn)
+                .await?;
+            for statement in search_sql::derived_rows(TYPE, id, &entries, &[], false) {
+                bind_all!(sqlx::query(&statement.text), statement).execute(&mut *conn).await?;
+            }
+            let hash = super::audit::link_hash(&prev, seq + 1, id, &content);
+            sqlx::query(sql::INSERT_AUDIT_LINK)
+                .bind(seq + 1)
+                .bind(id)
+                .bind(&prev)
+                .bind(&hash)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(sql::UPDATE_AUDIT_HEAD).bind(seq + 1).bind(&hash).bind(now).execute(&mut *conn).await?;
+        });
+        Ok(())
     }
 
     /// How many changes this transaction has applied.

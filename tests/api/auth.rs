@@ -67,14 +67,14 @@ fn claims(scope: &str, patient: Option<&str>) -> Value {
 }
 
 /// A server with authorization on, over `app`'s database, its JWKS in a file.
-struct Secured {
-    app: TestApp,
+pub struct Secured {
+    pub app: TestApp,
     keys: Keys,
     _dir: tempfile::TempDir,
 }
 
 impl Secured {
-    async fn new(app: &TestApp) -> Self {
+    pub async fn new(app: &TestApp) -> Self {
         let keys = Keys::new("ec-1");
         let dir = tempfile::tempdir().unwrap();
         let jwks = dir.path().join("jwks.json");
@@ -89,16 +89,16 @@ impl Secured {
         Self { app: secured, keys, _dir: dir }
     }
 
-    fn token(&self, scope: &str, patient: Option<&str>) -> String {
+    pub fn token(&self, scope: &str, patient: Option<&str>) -> String {
         self.keys.sign(Algorithm::ES256, &claims(scope, patient))
     }
 
-    async fn send(&self, token: &str, method: Method, path: &str, body: Option<Value>) -> TestResponse {
+    pub async fn send(&self, token: &str, method: Method, path: &str, body: Option<Value>) -> TestResponse {
         let auth = format!("Bearer {token}");
         self.app.send(method, path, &[("authorization", &auth)], body.map(|b| b.to_string())).await
     }
 
-    async fn get(&self, token: &str, path: &str) -> TestResponse {
+    pub async fn get(&self, token: &str, path: &str) -> TestResponse {
         self.send(token, Method::GET, path, None).await
     }
 }

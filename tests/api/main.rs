@@ -5,6 +5,7 @@
 //! trial per engine, and so that PostgreSQL trials show up as ignored (counted in the summary)
 //! when no server is reachable outside CI. With `CI` set they always run.
 
+mod audit;
 mod auth;
 mod bundle;
 mod concurrency;
@@ -101,6 +102,12 @@ fn main() {
         auth::scopes_allow_exactly_their_interactions,
         auth::patient_scopes_confine_to_the_compartment,
         auth::keys_come_from_a_jwks_url_and_rotate,
+        audit::every_interaction_is_audited,
+        audit::bundles_record_each_write_in_their_transaction,
+        audit::audit_needs_its_own_scope_and_records_denials,
+        audit::audit_failure_fails_the_request,
+        audit::tampering_breaks_the_chain,
+        audit::removing_records_breaks_the_chain,
         search::token_search_forms,
         search::string_search_is_case_and_accent_insensitive,
         search::reference_search_forms,

@@ -1,0 +1,137 @@
+//! The audit layer: the outermost layer of the FHIR routes, so that it sees every request —
+//! denied, failed or answered — and records it ([`crate::audit`]). Successful writes are
+//! recorded by their own transaction and marked [`Audited`]; this layer records everything
+//! else, with what the handler reported ([`AuditDetail`]), and answers 503 when the record
+//! cannot be stored (fail closed).
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use crate::audit::{AuditDetail, AuditRecord, Audited};
+use crate::auth::{compartment_params, Principal};
+use crate::error::AppError;
+use crate::fhir::search::index::{IndexEntry, IndexValue};
+use crate::fhir::search::query::{Filter, SearchValue};
+use crate::serve::Peer;
+use crate::state::AppState;
+use crate::store::StoreError;
+
+/// Middleware: records every FHIR interaction in the audit trail.
+pub async fn audit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    if route == "/fhir/.well-known/smart-configuration" {
+        return next.run(req).await;
+    }
+    let method = req.method().clone();
+    let peer = req.extensions().get::<Peer>().cloned();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let mut response = next.run(req).await;
+    if response.extensions().get::<Audited>().is_some() {
+        return response;
+    }
+    let detail = response.extensions_mut().remove::<AuditDetail>().unwrap_or_default();
+    let (interaction, action) = detail.interaction.map_or_else(|| interaction(&method, &route), |i| (i, "E"));
+    let resource_type = path
+        .strip_prefix("/fhir")
+        .unwrap_or(&path)
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .filter(|t| state.registry.resource_type(t).is_some())
+        .map(str::to_owned);
+    let searched = matches!(interaction, "search-type" | "history-type" | "history-instance" | "history-system");
+    let record = AuditRecord {
+        interaction,
+        action,
+        status: response.status().as_u16(),
+        caller: response.extensions().get::<Principal>().cloned(),
+        address: peer.as_ref().map(|p| p.addr.ip().to_string()),
+        certificate: peer.and_then(|p| p.client_subject),
+        resource_type,
+        entities: detail.entities,
+        query: if searched { query } else { None },
+        patients: detail.patients,
+    };
+    if state.audit.record(record).await.is_err() {
+        return AppError::Unavailable(StoreError::AuditUnavailable).into_response();
+    }
+    response
+}
+
+/// The `restful-interaction` code and BALP action a route implies.
+fn interaction(method: &Method, route: &str) -> (&'static str, &'static str) {
+    match (method.as_str(), route) {
+        ("GET", "/fhir/metadata") => ("capabilities", "R"),
+        ("GET", "/fhir/{type}") | ("POST", "/fhir/{type}/_search") => ("search-type", "E"),
+        ("GET", "/fhir/{type}/{id}") => ("read", "R"),
+        ("GET", "/fhir/{type}/{id}/_history/{vid}") => ("vread", "R"),
+        ("GET", "/fhir/{type}/{id}/_history") => ("history-instance", "R"),
+        ("GET", "/fhir/{type}/_history") => ("history-type", "R"),
+        ("GET", "/fhir/_history") => ("history-system", "R"),
+        ("POST", "/fhir/{type}") => ("create", "C"),
+        ("PUT", _) => ("update", "U"),
+        ("PATCH", _) => ("patch", "U"),
+        ("DELETE", _) => ("delete", "D"),
+        ("POST", "/fhir") | ("POST", "/fhir/") => ("batch", "E"),
+        _ => ("operation", "E"),
+    }
+}
+
+/// What a read tells the audit layer: the version read and its patients.
+pub fn read_detail(state: &AppState, ty: &str, id: &str, version: i64, content: Option<&str>) -> AuditDetail {
+    let patients = match content.and_then(|c| serde_json::from_str::<Value>(c).ok()) {
+        Some(resource) => {
+            let index = state.registry.search.extract(&state.registry.definitions, ty, &resource, &state.base_url);
+            patients_in(ty, id, &index)
+        }
+        None => Vec::new(),
+    };
+    AuditDetail { entities: vec![format!("{ty}/{id}/_history/{version}")], patients, interaction: None }
+}
+
+/// The patients whose compartment a resource with these index entries is in.
+pub fn patients_in(ty: &str, id: &str, index: &[IndexEntry]) -> Vec<String> {
+    let mut out = Vec::new();
+    if ty == "Patient" {
+        out.push(id.to_owned());
+    }
+    let params = compartment_params(ty).unwrap_or_default();
+    for entry in index.iter().filter(|e| params.contains(&e.param)) {
+        if let IndexValue::Reference { target_type: Some(t), target_id: Some(p), .. } = &entry.value {
+            if t == "Patient" && !out.contains(p) {
+                out.push(p.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The patients a search names: in a compartment parameter, or as the compartment the caller
+/// is confined to.
+pub fn patients_searched(ty: &str, filters: &[Filter]) -> Vec<String> {
+    let params = compartment_params(ty).unwrap_or_default();
+    let mut out: Vec<String> = Vec::new();
+    for filter in filters {
+        match filter {
+            Filter::Compartment { patient, .. } => out.push(patient.clone()),
+            Filter::Test { param, values, .. } if params.contains(param) => {
+                for v in values {
+                    if let SearchValue::Reference { target_type, id: Some(id), .. } = v {
+                        if target_type.as_deref().is_none_or(|t| t == "Patient") {
+                            out.push(id.clone());
+                        }
+                    }
+                }
+            }
+            Filter::Id(ids) if ty == "Patient" => out.extend(ids.iter().cloned()),
+            _ => {}
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}

@@ -1,0 +1,93 @@
+//! The audit trail's hash chain: every AuditEvent gets a link whose SHA-256 hash covers the
+//! previous link's hash, its sequence number, its id and its stored JSON. Appending happens in
+//! [`super::WriteTx::record_audit`]; [`Store::verify_audit`] walks the chain and reports the
+//! first link that does not hold.
+
+use sha2::{Digest, Sha256};
+
+use super::sql::{self, Dialect, POSTGRES, SQLITE};
+use super::{on_db, Db, Store, StoreError};
+
+/// The hash before the first link.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The hash of link `seq` for AuditEvent `id` with stored JSON `content`.
+pub fn link_hash(prev: &str, seq: i64, id: &str, content: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [prev, &seq.to_string(), id, content] {
+        h.update(part.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a walk of the chain found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    /// Links that held, from the first.
+    pub verified: u64,
+    /// The first link that does not hold, if any.
+    pub broken: Option<BrokenLink>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenLink {
+    pub seq: i64,
+    /// The AuditEvent the link is for (when the link itself is there).
+    pub id: Option<String>,
+    pub reason: String,
+}
+
+impl Store {
+    /// Walks the audit chain from the first link and checks every link: sequence numbers
+    /// without gaps, each link naming its predecessor's hash, each hash matching its
+    /// AuditEvent as stored, the head matching the last link, and no AuditEvent outside the
+    /// chain.
+    pub async fn verify_audit(&self) -> Result<ChainReport, StoreError> {
+        const BATCH: i64 = 1000;
+        let mut expected_seq = 1_i64;
+        let mut prev = GENESIS.to_owned();
+        let broken = |seq: i64, id: Option<&str>, reason: &str| ChainReport {
+            verified: (seq - 1).max(0) as u64,
+            broken: Some(BrokenLink { seq, id: id.map(str::to_owned), reason: reason.to_owned() }),
+        };
+        loop {
+            let rows: Vec<(i64, String, String, String, Option<String>)> = on_db!(self, reader, |pool, _d| {
+                sqlx::query_as(sql::SELECT_AUDIT_LINKS).bind(expected_seq).bind(BATCH).fetch_all(pool).await?
+            });
+            let done = (rows.len() as i64) < BATCH;
+            for (seq, id, prev_hash, hash, content) in rows {
+                if seq != expected_seq {
+                    return Ok(broken(expected_seq, None, "the link is missing (a record was removed)"));
+                }
+                if prev_hash != prev {
+                    return Ok(broken(seq, Some(&id), "the link does not follow its predecessor"));
+                }
+                let Some(content) = content else {
+                    return Ok(broken(seq, Some(&id), "the AuditEvent is missing"));
+                };
+                if link_hash(&prev, seq, &id, &content) != hash {
+                    return Ok(broken(seq, Some(&id), "the AuditEvent or its link was altered"));
+                }
+                prev = hash;
+                expected_seq += 1;
+            }
+            if done {
+                break;
+            }
+        }
+        let last = expected_seq - 1;
+        let ((head_seq, head_hash, _), (events,)): ((i64, String, i64), (i64,)) = on_db!(self, reader, |pool, _d| {
+            let head = sqlx::query_as(sql::SELECT_AUDIT_HEAD).fetch_one(pool).await?;
+            let count = sqlx::query_as(sql::COUNT_AUDIT_EVENTS).fetch_one(pool).await?;
+            (head, count)
+        });
+        if head_seq != last || head_hash != prev {
+            return Ok(broken(last + 1, None, "records after the last link were removed"));
+        }
+        if events != last {
+            return Ok(broken(last + 1, None, "there are AuditEvents outside the chain"));
+        }
+        Ok(ChainReport { verified: last as u64, broken: None })
+    }
+}
