@@ -198,6 +198,17 @@ pub async fn mutual_tls_requires_a_client_certificate(app: TestApp) {
         let r = request(&client(&ca, &[versions], None), server.addr).await;
         assert!(r.is_err(), "no client certificate must be refused: {r:?}");
     }
+    // The client certificate's subject and the address are in the audit trail.
+    let trail = app.get("AuditEvent?subtype=capabilities&_count=10").await.json;
+    let agents: Vec<String> = trail["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["resource"]["agent"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["name"].as_str().map(str::to_owned))
+        .collect();
+    assert!(agents.iter().any(|n| n.contains("CN=referrals.example.org")), "{agents:?}");
+    assert!(trail.to_string().contains("127.0.0.1"), "the network address is recorded");
     let rogue = Authority::new("Rogue CA").issue(&["rogue"], "rogue");
     let r = request(&client(&ca, &[&rustls::version::TLS13], Some(&rogue)), server.addr).await;
     assert!(r.is_err(), "an untrusted client certificate must be refused: {r:?}");
