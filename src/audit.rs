@@ -230,7 +230,7 @@ impl AuditLog {
     pub async fn record_in(&self, tx: &mut WriteTx, record: &AuditRecord) -> Result<(), StoreError> {
         let id = uuid::Uuid::new_v4().to_string();
         let index = |v: &Value| index_of(&self.registry, &self.base_url, v);
-        match tx.record_audit(&id, record.to_resource(&self.base_url), &index).await {
+        match tx.record_audits(vec![(id.clone(), record.to_resource(&self.base_url))], &index).await {
             Ok(()) => {
                 record.log(&id);
                 Ok(())
@@ -295,8 +295,5 @@ async fn append(
     prepared: &[(String, Map<String, Value>)],
     index: Index<'_>,
 ) -> Result<(), StoreError> {
-    for (id, resource) in prepared {
-        tx.record_audit(id, resource.clone(), index).await?;
-    }
-    Ok(())
+    tx.record_audits(prepared.to_vec(), index).await
 }

@@ -207,6 +207,7 @@ macro_rules! bind_all {
                 Bind::Float(f) => q.bind(*f),
                 Bind::OptInt(i) => q.bind(*i),
                 Bind::OptFloat(f) => q.bind(*f),
+                Bind::Bool(b) => q.bind(*b),
             };
         }
         q
@@ -524,7 +525,9 @@ impl Store {
                         v.content.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or(Value::Null);
                     let derived = derive(&v.resource_type, &resource);
                     let links: Vec<&LocalReference> = derived.references.iter().collect();
-                    for statement in search_sql::derived_rows(&v.resource_type, &v.id, &derived.index, &links, true) {
+                    for statement in
+                        search_sql::derived_rows(dialect, &v.resource_type, &v.id, &derived.index, &links, true)
+                    {
                         bind_all!(sqlx::query(&statement.text), statement).execute(&mut *tx).await?;
                     }
                 }

@@ -23,16 +23,25 @@ pub enum Bind {
     Float(f64),
     OptInt(Option<i64>),
     OptFloat(Option<f64>),
+    Bool(bool),
 }
 
 /// SQL text with its binds.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Sql {
     pub text: String,
     pub binds: Vec<Bind>,
+    /// `$1, $2, …` placeholders (PostgreSQL) rather than `?` (SQLite, whose lookup of
+    /// numbered parameters by name takes time quadratic in their number).
+    numbered: bool,
 }
 
 impl Sql {
+    /// An empty statement with the placeholders of `dialect`.
+    pub fn new(dialect: &Dialect) -> Self {
+        Self { text: String::new(), binds: Vec::new(), numbered: dialect.numbered_params }
+    }
+
     fn push(&mut self, s: &str) -> &mut Self {
         self.text.push_str(s);
         self
@@ -40,7 +49,11 @@ impl Sql {
 
     fn bind(&mut self, b: Bind) -> &mut Self {
         self.binds.push(b);
-        let _ = write!(self.text, "${}", self.binds.len());
+        if self.numbered {
+            let _ = write!(self.text, "${}", self.binds.len());
+        } else {
+            self.text.push('?');
+        }
         self
     }
 
@@ -132,29 +145,42 @@ const INSERT_BATCH: usize = 200;
 /// INSERT statements writing `entries` of resource `ty/id`.
 /// The statements that make the index and link rows of resource `ty/id` be `index` and `links`;
 /// `replace` when the resource may hold rows already (it existed before).
-pub fn derived_rows(ty: &str, id: &str, index: &[IndexEntry], links: &[&LocalReference], replace: bool) -> Vec<Sql> {
-    let mut out = if replace { index_deletes(ty, id) } else { Vec::new() };
-    out.extend(index_inserts(ty, id, index));
-    out.extend(link_statements(ty, id, links, replace));
+pub fn derived_rows(
+    dialect: &Dialect,
+    ty: &str,
+    id: &str,
+    index: &[IndexEntry],
+    links: &[&LocalReference],
+    replace: bool,
+) -> Vec<Sql> {
+    let mut out = if replace { index_deletes(dialect, ty, id) } else { Vec::new() };
+    out.extend(index_inserts(dialect, ty, &[(id, index)]));
+    out.extend(link_statements(dialect, ty, id, links, replace));
     out
 }
 
-fn index_inserts(ty: &str, id: &str, entries: &[IndexEntry]) -> Vec<Sql> {
+/// INSERT statements writing the index rows of several new resources of type `ty` at once
+/// (`(id, entries)` each).
+pub fn index_inserts(dialect: &Dialect, ty: &str, resources: &[(&str, &[IndexEntry])]) -> Vec<Sql> {
     let mut out = Vec::new();
     for table in Table::ALL {
-        let rows: Vec<&IndexEntry> = entries.iter().filter(|e| Table::of_value(&e.value) == table).collect();
+        let rows: Vec<(&str, &IndexEntry)> = resources
+            .iter()
+            .flat_map(|(id, entries)| entries.iter().map(move |e| (*id, e)))
+            .filter(|(_, e)| Table::of_value(&e.value) == table)
+            .collect();
         for chunk in rows.chunks(INSERT_BATCH) {
-            let mut sql = Sql::default();
+            let mut sql = Sql::new(dialect);
             sql.push(&format!(
                 "INSERT INTO {} (resource_type, resource_id, param, {}) VALUES ",
                 table.name(),
                 table.columns()
             ));
-            for (i, e) in chunk.iter().enumerate() {
+            for (i, (id, e)) in chunk.iter().enumerate() {
                 if i > 0 {
                     sql.push(", ");
                 }
-                sql.push("(").text(ty).push(", ").text(id).push(", ").text(e.param.clone());
+                sql.push("(").text(ty).push(", ").text(*id).push(", ").text(e.param.clone());
                 for b in value_binds(&e.value) {
                     sql.push(", ").bind(b);
                 }
@@ -201,11 +227,11 @@ fn value_binds(value: &IndexValue) -> Vec<Bind> {
 }
 
 /// `DELETE` statements removing the index rows of a resource.
-fn index_deletes(ty: &str, id: &str) -> Vec<Sql> {
+fn index_deletes(dialect: &Dialect, ty: &str, id: &str) -> Vec<Sql> {
     Table::ALL
         .iter()
         .map(|table| {
-            let mut sql = Sql::default();
+            let mut sql = Sql::new(dialect);
             sql.push(&format!("DELETE FROM {} WHERE resource_type = ", table.name()))
                 .text(ty)
                 .push(" AND resource_id = ")
@@ -215,17 +241,39 @@ fn index_deletes(ty: &str, id: &str) -> Vec<Sql> {
         .collect()
 }
 
+/// A multi-row INSERT of `rows` (each `columns.len()` values) into `table`, in chunks.
+pub fn insert_rows(dialect: &Dialect, table: &str, columns: &[&str], rows: Vec<Vec<Bind>>) -> Vec<Sql> {
+    let mut out = Vec::new();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let mut sql = Sql::new(dialect);
+        sql.push(&format!("INSERT INTO {table} ({}) VALUES ", columns.join(", ")));
+        for (i, row) in rows.by_ref().take(INSERT_BATCH).enumerate() {
+            sql.push(if i > 0 { ", (" } else { "(" });
+            for (j, value) in row.into_iter().enumerate() {
+                if j > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(value);
+            }
+            sql.push(")");
+        }
+        out.push(sql);
+    }
+    out
+}
+
 /// Statements replacing the rows of `resource_links` held by resource `ty/id` with `targets`
 /// (`replace`: the resource may hold rows already).
-fn link_statements(ty: &str, id: &str, targets: &[&LocalReference], replace: bool) -> Vec<Sql> {
+fn link_statements(dialect: &Dialect, ty: &str, id: &str, targets: &[&LocalReference], replace: bool) -> Vec<Sql> {
     let mut out = Vec::new();
     if replace {
-        let mut delete = Sql::default();
+        let mut delete = Sql::new(dialect);
         delete.push("DELETE FROM resource_links WHERE source_type = ").text(ty).push(" AND source_id = ").text(id);
         out.push(delete);
     }
     for chunk in targets.chunks(INSERT_BATCH) {
-        let mut sql = Sql::default();
+        let mut sql = Sql::new(dialect);
         sql.push("INSERT INTO resource_links (source_type, source_id, target_type, target_id) VALUES ");
         for (i, r) in chunk.iter().enumerate() {
             if i > 0 {
@@ -253,7 +301,7 @@ const VERSION_COLUMNS: &str = "r0.resource_type, r0.id, r0.version_id, r0.last_u
 
 impl<'a> Compiler<'a> {
     pub fn new(dialect: &'a Dialect, now: Millis) -> Self {
-        Self { dialect, now, sql: Sql::default(), depth: 0 }
+        Self { dialect, now, sql: Sql::new(dialect), depth: 0 }
     }
 
     /// `SELECT <version columns>, <sort key> … LIMIT limit`, after the position `after` (the sort
@@ -782,7 +830,7 @@ mod tests {
     fn index_rows_are_batched_per_table() {
         let entries: Vec<IndexEntry> =
             (0..450).map(|i| IndexEntry { param: "code".into(), value: IndexValue::Uri(format!("u{i}")) }).collect();
-        let inserts = index_inserts("Patient", "p1", &entries);
+        let inserts = index_inserts(&crate::store::sql::POSTGRES, "Patient", &[("p1", &entries)]);
         assert_eq!(inserts.len(), 3);
         assert_eq!(inserts[0].binds.len(), 200 * 4);
     }

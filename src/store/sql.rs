@@ -17,8 +17,6 @@ macro_rules! select_audit_head {
 
 pub const SELECT_AUDIT_HEAD: &str = select_audit_head!();
 
-pub const INSERT_AUDIT_LINK: &str = "INSERT INTO audit_chain (seq, id, prev_hash, hash) VALUES ($1, $2, $3, $4)";
-
 pub const UPDATE_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = $1, hash = $2, recorded = $3 WHERE id = 1";
 
 /// A batch of the chain from `$1` on, with each record's stored AuditEvent.
@@ -43,6 +41,8 @@ pub struct Dialect {
     /// probes (`EXISTS`) instead of sets (`id IN (…)`): SQLite builds every `IN` set in full,
     /// PostgreSQL's planner chooses well between both on its own.
     pub probe_filters: bool,
+    /// Whether dynamic statements number their placeholders (`$1`) or use `?`.
+    pub numbered_params: bool,
     /// Opens and closes a JSON array of SQL values, as text (search paging keys).
     pub json_array_open: &'static str,
     pub json_array_close: &'static str,
@@ -61,6 +61,7 @@ pub const SQLITE: Dialect = Dialect {
     select_current_for_write: SELECT_CURRENT_VERSION,
     select_current_locked: SELECT_CURRENT,
     probe_filters: true,
+    numbered_params: false,
     json_array_open: "json_array(",
     json_array_close: ")",
     reference_exists: "SELECT version_id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted",
@@ -75,6 +76,7 @@ pub const POSTGRES: Dialect = Dialect {
         "SELECT version_id, deleted, last_updated FROM resources WHERE resource_type = $1 AND id = $2 FOR UPDATE",
     select_current_locked: concat!(select_current!(), " FOR UPDATE"),
     probe_filters: false,
+    numbered_params: true,
     json_array_open: "json_build_array(",
     json_array_close: ")::text",
     reference_exists: "SELECT version_id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted FOR SHARE",

@@ -203,49 +203,59 @@ impl WriteTx {
         Ok(!rows.is_empty())
     }
 
-    /// Appends AuditEvent `id` to the audit trail: its row, its index rows (`index` of the
-    /// final content; no history: an AuditEvent has one version), and a link of the hash
-    /// chain. Its `recorded` time is set here, later than its predecessor's, so that the trail
-    /// sorts by date in chain order. Locks the chain's head until the transaction ends, so call
-    /// it last.
-    pub async fn record_audit(
+    /// Appends AuditEvents (`(id, resource)` each) to the audit trail: their rows, their index
+    /// rows (`index` of the final content; no history: an AuditEvent has one version), and a
+    /// link of the hash chain each, all in a handful of multi-row statements. Each `recorded`
+    /// time is set here, later than its predecessor's, so that the trail sorts by date in chain
+    /// order. Locks the chain's head until the transaction ends, so call it last.
+    pub async fn record_audits(
         &mut self,
-        id: &str,
-        mut resource: Map<String, Value>,
+        events: Vec<(String, Map<String, Value>)>,
         index: &(dyn Fn(&Value) -> Vec<IndexEntry> + Sync),
     ) -> Result<(), StoreError> {
         const TYPE: &str = "AuditEvent";
+        if events.is_empty() {
+            return Ok(());
+        }
         on_tx!(self.tx, |conn, dialect| {
-            let (seq, prev, last): (i64, String, Millis) =
+            let (mut seq, mut prev, mut last): (i64, String, Millis) =
                 sqlx::query_as(dialect.lock_audit_head).fetch_one(&mut *conn).await?;
-            let now = fhir::now_millis().max(last + 1);
-            resource.insert("recorded".into(), Value::from(fhir::format_instant(now)));
-            fhir::stamp(&mut resource, id, 1, now);
-            let value = Value::Object(resource);
-            let entries = index(&value);
-            let content = value.to_string();
-            sqlx::query(sql::INSERT_CURRENT)
-                .bind(TYPE)
-                .bind(id)
-                .bind(1_i64)
-                .bind(now)
-                .bind(false)
-                .bind(content.as_str())
-                .bind(0_i64)
-                .execute(&mut *conn)
-                .await?;
-            for statement in search_sql::derived_rows(TYPE, id, &entries, &[], false) {
-                bind_all!(sqlx::query(&statement.text), statement).execute(&mut *conn).await?;
+            let (mut rows, mut links, mut entries) = (Vec::new(), Vec::new(), Vec::new());
+            for (id, mut resource) in events {
+                let now = fhir::now_millis().max(last + 1);
+                resource.insert("recorded".into(), Value::from(fhir::format_instant(now)));
+                fhir::stamp(&mut resource, &id, 1, now);
+                let value = Value::Object(resource);
+                entries.push((id.clone(), index(&value)));
+                let content = value.to_string();
+                seq += 1;
+                let hash = super::audit::link_hash(&prev, seq, &id, &content);
+                let text = |s: &str| Bind::Text(s.to_owned());
+                rows.push(vec![
+                    text(TYPE),
+                    text(&id),
+                    Bind::Int(1),
+                    Bind::Int(now),
+                    Bind::Bool(false),
+                    Bind::Text(content),
+                ]);
+                links.push(vec![Bind::Int(seq), text(&id), Bind::Text(prev), text(&hash)]);
+                (prev, last) = (hash, now);
             }
-            let hash = super::audit::link_hash(&prev, seq + 1, id, &content);
-            sqlx::query(sql::INSERT_AUDIT_LINK)
-                .bind(seq + 1)
-                .bind(id)
-                .bind(&prev)
-                .bind(&hash)
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query(sql::UPDATE_AUDIT_HEAD).bind(seq + 1).bind(&hash).bind(now).execute(&mut *conn).await?;
+            let columns = ["resource_type", "id", "version_id", "last_updated", "deleted", "content"];
+            let mut statements = search_sql::insert_rows(dialect, "resources", &columns, rows);
+            let ids: Vec<(&str, &[IndexEntry])> = entries.iter().map(|(id, e)| (id.as_str(), e.as_slice())).collect();
+            statements.extend(search_sql::index_inserts(dialect, TYPE, &ids));
+            statements.extend(search_sql::insert_rows(
+                dialect,
+                "audit_chain",
+                &["seq", "id", "prev_hash", "hash"],
+                links,
+            ));
+            for statement in statements {
+                bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;
+            }
+            sqlx::query(sql::UPDATE_AUDIT_HEAD).bind(seq).bind(&prev).bind(last).execute(&mut *conn).await?;
         });
         Ok(())
     }
@@ -332,7 +342,7 @@ impl WriteTx {
             }
             let index = if content.is_some() { extras.index } else { &[] };
             // A resource that did not exist has no rows to remove.
-            for statement in search_sql::derived_rows(ty.as_str(), id, index, &targets, current.is_some()) {
+            for statement in search_sql::derived_rows(dialect, ty.as_str(), id, index, &targets, current.is_some()) {
                 bind_all!(sqlx::query(&statement.text), statement).execute(&mut *conn).await?;
             }
             let version = Version {
