@@ -106,7 +106,6 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-/// How log lines are written.
 /// What to do instead of serving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Subcommand)]
 pub enum Command {
@@ -115,6 +114,7 @@ pub enum Command {
     VerifyAudit,
 }
 
+/// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,

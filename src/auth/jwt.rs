@@ -28,7 +28,8 @@ pub enum JwksSource {
 }
 
 impl JwksSource {
-    /// `http://…` or `https://…` is a URL; anything else a file path.
+    /// `http://…` or `https://…` is a URL (plain http only on a loopback address); anything
+    /// else a file path.
     pub fn parse(text: &str) -> Self {
         if text.starts_with("https://") || text.starts_with("http://") {
             Self::Url(text.to_owned())
@@ -264,6 +265,12 @@ async fn get(url: &str) -> Result<Vec<u8>, String> {
     let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<hyper::body::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
     let uri: hyper::Uri = url.parse().map_err(|_| "not a valid URL".to_owned())?;
+    // Keys fetched in the clear could be swapped by anyone on the path: plain HTTP only to this
+    // machine (a local identity provider, or a test).
+    let loopback = matches!(uri.host(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    if uri.scheme_str() != Some("https") && !loopback {
+        return Err("the JWKS must be fetched over https (plain http only from a loopback address)".into());
+    }
     let response = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
         .await
         .map_err(|_| "timed out".to_owned())?
@@ -278,4 +285,18 @@ async fn get(url: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| e.to_string())?
         .to_bytes();
     Ok(bytes.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keys_are_fetched_in_the_clear_only_from_this_machine() {
+        let refused = get("http://idp.hospital.example/jwks").await.unwrap_err();
+        assert!(refused.contains("https"), "{refused}");
+        // Loopback passes the check (and then finds nothing listening on port 9).
+        let unreachable = get("http://127.0.0.1:9/jwks").await.unwrap_err();
+        assert!(!unreachable.contains("https"), "{unreachable}");
+    }
 }

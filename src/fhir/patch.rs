@@ -77,8 +77,9 @@ impl Patch {
                     .map(|n| n as usize)
                     .ok_or_else(|| malformed(format!("{at}: the '{name}' part must be a non-negative valueInteger")))
             };
-            let expr =
-                || path::parse(text("path")?).map_err(|e| malformed(format!("{at}: the path is not supported: {e}")));
+            let expr = || {
+                path::parse_path(text("path")?).map_err(|e| malformed(format!("{at}: the path is not supported: {e}")))
+            };
             let typed = || -> Result<(Value, Option<String>), PatchError> {
                 part("value")
                     .and_then(part_value)

@@ -70,7 +70,7 @@ impl Registry {
     pub fn r4() -> Self {
         let definitions = Definitions::r4();
         debug_assert!(SUPPORTED_TYPES.iter().all(|t| definitions.is_resource_type(t)));
-        Self { definitions, search: SearchParams::r4(SUPPORTED_TYPES) }
+        Self { search: SearchParams::r4(&definitions, SUPPORTED_TYPES), definitions }
     }
 
     /// The supported type named `name`, if any.

@@ -21,18 +21,52 @@ use crate::store::StoreError;
 
 /// Middleware: records every FHIR interaction in the audit trail.
 pub async fn audit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
-    if route == "/fhir/.well-known/smart-configuration" {
+    let seen = Seen::of(&req);
+    if seen.route == "/fhir/.well-known/smart-configuration" {
         return next.run(req).await;
     }
-    let method = req.method().clone();
-    let peer = req.extensions().get::<Peer>().cloned();
-    let path = req.uri().path().to_owned();
-    let query = req.uri().query().map(str::to_owned);
-    let mut response = next.run(req).await;
+    let response = next.run(req).await;
+    finish(&state, seen, response).await
+}
+
+/// Answers a FHIR request that no route takes (an unknown URL, or a method its URL does not
+/// offer) with `error`, audited like every other interaction (with no caller: routing comes
+/// before authentication).
+pub async fn unrouted(state: &AppState, req: Request, error: AppError) -> Response {
+    let seen = Seen::of(&req);
+    drop(req);
+    finish(state, seen, error.into_response()).await
+}
+
+/// What the record needs of the request, taken before the handler consumes it.
+struct Seen {
+    method: Method,
+    /// The matched route, empty when none matched.
+    route: String,
+    path: String,
+    query: Option<String>,
+    peer: Option<Peer>,
+}
+
+impl Seen {
+    fn of(req: &Request) -> Self {
+        Self {
+            method: req.method().clone(),
+            route: req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default(),
+            path: req.uri().path().to_owned(),
+            query: req.uri().query().map(str::to_owned),
+            peer: req.extensions().get::<Peer>().cloned(),
+        }
+    }
+}
+
+/// Records the interaction that `response` answers, unless its write transaction did, and
+/// answers 503 instead when the record cannot be stored (fail closed).
+async fn finish(state: &AppState, seen: Seen, mut response: Response) -> Response {
     if response.extensions().get::<Audited>().is_some() {
         return response;
     }
+    let Seen { method, route, path, query, peer } = seen;
     let detail = response.extensions_mut().remove::<AuditDetail>().unwrap_or_default();
     let (interaction, action) = detail.interaction.map_or_else(|| interaction(&method, &route), |i| (i, "E"));
     let resource_type = path

@@ -156,6 +156,35 @@ pub fn compartment_filter(access: &Access) -> Option<Filter> {
     }
 }
 
+/// Requires search access to every type a chain or `_has` looks into, and confines what they
+/// match as the search itself is confined: otherwise a patient-scoped caller could learn about
+/// other patients' records (`Practitioner?_has:CarePlan:performer:patient=other`).
+pub fn confine_traversed(caller: &Principal, filter: &mut Filter) -> Result<(), AppError> {
+    let (types, inner): (&[String], &mut Vec<Filter>) = match filter {
+        Filter::Chain { target_types, inner, .. } => (target_types, inner),
+        Filter::Has { source_type, inner, .. } => (std::slice::from_ref(source_type), inner),
+        _ => return Ok(()),
+    };
+    // A chain may reach several types; their compartment parameters are pooled (each still
+    // has to point at the caller's patient).
+    let mut confinement: Option<(String, Vec<String>)> = None;
+    for t in types {
+        if let Access::Compartment(c) = require(caller, t, Perm::Search)? {
+            let (_, params) = confinement.get_or_insert_with(|| (c.patient.clone(), Vec::new()));
+            params.extend(c.params.iter().cloned());
+        }
+    }
+    for f in inner.iter_mut() {
+        confine_traversed(caller, f)?;
+    }
+    if let Some((patient, mut params)) = confinement {
+        params.sort();
+        params.dedup();
+        inner.push(Filter::Compartment { patient, params });
+    }
+    Ok(())
+}
+
 /// Whether content with these index entries (of resource `ty/id`) is in the compartment.
 pub fn content_in_compartment(c: &Confinement, ty: &str, id: &str, index: &[IndexEntry]) -> bool {
     (ty == "Patient" && id == c.patient)

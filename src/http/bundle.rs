@@ -16,6 +16,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Router;
 use base64::Engine;
 use serde_json::{json, Map, Value};
@@ -32,6 +33,7 @@ use crate::fhir::outcome::{operation_outcome, Issue, IssueType};
 use crate::fhir::patch::{Patch, PatchError};
 use crate::fhir::registry::ResourceType;
 use crate::fhir::{self, primitives};
+use crate::serve::Peer;
 use crate::state::AppState;
 use crate::store::{Contended, Expect, StoreError, WriteTx, WRITE_ATTEMPTS};
 
@@ -86,6 +88,13 @@ enum Kind {
     Batch,
 }
 
+/// What the entries of a Bundle inherit from the request that carried it.
+struct Outer {
+    headers: HeaderMap,
+    /// The connection, so that entries dispatched through the router are audited with it.
+    peer: Option<Peer>,
+}
+
 /// `POST /fhir`.
 pub async fn process(
     State(state): State<AppState>,
@@ -93,13 +102,15 @@ pub async fn process(
     format: Format,
     ret: Return,
     headers: HeaderMap,
+    peer: Option<Extension<Peer>>,
     FhirJson(bundle): FhirJson,
 ) -> Response {
+    let outer = Outer { headers, peer: peer.map(|Extension(p)| p) };
     let kind = match bundle.get("type").and_then(Value::as_str) {
         Some("transaction") => Kind::Transaction,
         _ => Kind::Batch,
     };
-    let mut response = match run(&state, &caller, format, ret, &headers, bundle).await {
+    let mut response = match run(&state, &caller, format, ret, &outer, bundle).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
@@ -113,17 +124,17 @@ async fn run(
     caller: &Principal,
     format: Format,
     ret: Return,
-    headers: &HeaderMap,
+    outer: &Outer,
     bundle: Map<String, Value>,
 ) -> Result<Response, AppError> {
     let (kind, entries) = read_bundle(state, bundle)?;
     let response_entries = match kind {
-        Kind::Transaction => transaction(state, caller, &entries, ret, headers).await?,
+        Kind::Transaction => transaction(state, caller, &entries, ret, outer).await?,
         Kind::Batch => {
             let router = super::router(state.clone());
             let mut out = Vec::with_capacity(entries.len());
             for entry in &entries {
-                out.push(dispatch(&router, state, entry, headers).await);
+                out.push(dispatch(&router, state, entry, outer).await);
             }
             out
         }
@@ -253,7 +264,7 @@ async fn transaction(
     caller: &Principal,
     entries: &[Entry],
     ret: Return,
-    headers: &HeaderMap,
+    outer: &Outer,
 ) -> Result<Vec<Value>, AppError> {
     let mut attempt = 1;
     let done = loop {
@@ -274,7 +285,7 @@ async fn transaction(
     for entry in entries {
         match (done.remove(&entry.index), &router) {
             (Some((ty, d)), _) => out.push(write_response(state, ty, d, ret)),
-            (None, Some(router)) => out.push(dispatch(router, state, entry, headers).await),
+            (None, Some(router)) => out.push(dispatch(router, state, entry, outer).await),
             (None, None) => unreachable!("every entry is a write or a read"),
         }
     }
@@ -626,14 +637,14 @@ fn status_line(status: StatusCode) -> String {
 /// Runs one entry through the router as its own request and turns the answer into a
 /// response entry: the status, `Location`, `ETag` and `Last-Modified` headers, and the body as
 /// the resource (or, for an OperationOutcome of a failure, the outcome).
-async fn dispatch(router: &Router, state: &AppState, entry: &Entry, outer: &HeaderMap) -> Value {
+async fn dispatch(router: &Router, state: &AppState, entry: &Entry, outer: &Outer) -> Value {
     let mut request = Request::builder()
         .method(entry.method.as_method())
         .uri(format!("/fhir/{}", entry.url.replace(' ', "%20")))
         .header(header::ACCEPT, "application/fhir+json");
     // The entry runs as the Bundle's caller, with the Bundle's preferences.
     for name in [header::AUTHORIZATION, header::HeaderName::from_static("prefer")] {
-        if let Some(v) = outer.get(&name) {
+        if let Some(v) = outer.headers.get(&name) {
             request = request.header(name, v);
         }
     }
@@ -667,6 +678,9 @@ async fn dispatch(router: &Router, state: &AppState, entry: &Entry, outer: &Head
         }
         None => Body::empty(),
     };
+    if let Some(peer) = &outer.peer {
+        request = request.extension(peer.clone());
+    }
     let Ok(request) = request.body(body) else {
         return error_entry(invalid("request.url or a request header is not valid"));
     };

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use serde_json::{Map, Value};
 
 use super::audited::patients_in;
-use super::authorize::{compartment_filter, content_in_compartment, outside, require};
+use super::authorize::{compartment_filter, confine_traversed, content_in_compartment, outside, require};
 use super::negotiate::query_pairs;
 use crate::auth::{Access, Perm, Principal};
 use crate::error::AppError;
@@ -205,6 +205,9 @@ pub fn confined_condition(
     filters: &[Filter],
 ) -> Result<Vec<Filter>, AppError> {
     let mut filters = filters.to_vec();
+    for filter in &mut filters {
+        confine_traversed(caller, filter)?;
+    }
     filters.extend(compartment_filter(&require(caller, ty.as_str(), perm)?));
     Ok(filters)
 }

@@ -54,7 +54,8 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize::authenticate))
         // Outermost, so that denials are audited too.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), audited::audit))
-        .method_not_allowed_fallback(resource::method_not_allowed);
+        .method_not_allowed_fallback(resource::method_not_allowed)
+        .fallback(resource::not_found);
 
     Router::new()
         .nest("/fhir", fhir)

@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::audited::read_detail;
+use super::audited::{self, read_detail};
 use super::authorize::{check_readable, Caller};
 use super::negotiate::{etag, resource_response, Format, Return};
 use crate::error::AppError;
@@ -130,13 +130,20 @@ pub async fn vread(
 }
 
 /// A method the route does not offer: 404 when the URL names a type this server does not hold
-/// (so that unknown types always answer 404), 405 otherwise.
-pub async fn method_not_allowed(State(state): State<AppState>, mut parts: Parts) -> AppError {
-    match path_params(&mut parts, &state).await {
+/// (so that unknown types always answer 404), 405 otherwise; audited.
+pub async fn method_not_allowed(State(state): State<AppState>, req: Request) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let error = match path_params(&mut parts, &state).await {
         Ok(params) if params.contains_key("type") => match supported_type(&state, &params) {
             Ok(_) => AppError::MethodNotAllowed,
             Err(unknown) => unknown,
         },
         _ => AppError::MethodNotAllowed,
-    }
+    };
+    audited::unrouted(&state, Request::from_parts(parts, body), error).await
+}
+
+/// A URL under `/fhir` that no route takes: 404, audited.
+pub async fn not_found(State(state): State<AppState>, req: Request) -> Response {
+    audited::unrouted(&state, req, AppError::NotFound("this URL".into())).await
 }

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::audited::patients_searched;
-use super::authorize::{compartment_filter, require, Caller};
+use super::authorize::{compartment_filter, confine_traversed, require, Caller};
 use super::negotiate::{prefer_tokens, query_pairs, Format};
 use super::resource::TypePath;
 use crate::audit::AuditDetail;
@@ -22,7 +22,7 @@ use crate::error::AppError;
 use crate::fhir::bundle::{Bundle, Entry};
 use crate::fhir::outcome::{operation_outcome, Issue, IssueType, Severity};
 use crate::fhir::registry::ResourceType;
-use crate::fhir::search::query::{self, Filter, Include, SearchQuery, Summary, Total, MAX_DEPTH};
+use crate::fhir::search::query::{self, Include, SearchQuery, Summary, Total, MAX_DEPTH};
 use crate::state::AppState;
 use crate::store::{Counting, SearchError, Version};
 
@@ -88,9 +88,9 @@ async fn search(
         q.count = 0;
     }
     // Authorization: chains and `_has` may only look into types the caller may search, and a
-    // confined caller sees its compartment only.
-    for filter in &q.filters {
-        check_traversed(caller, filter)?;
+    // confined caller sees its compartment only, at every level.
+    for filter in &mut q.filters {
+        confine_traversed(caller, filter)?;
     }
     if let Some(confine) = compartment_filter(&require(caller, ty.as_str(), Perm::Search)?) {
         q.filters.push(confine);
@@ -149,23 +149,6 @@ async fn search(
     let patients = patients_searched(ty.as_str(), &q.filters);
     response.extensions_mut().insert(AuditDetail { patients, ..AuditDetail::default() });
     Ok(response)
-}
-
-/// Requires search access to every type a chain or `_has` looks into.
-fn check_traversed(caller: &Principal, filter: &Filter) -> Result<(), AppError> {
-    match filter {
-        Filter::Chain { target_types, inner, .. } => {
-            for t in target_types {
-                require(caller, t, Perm::Search)?;
-            }
-            check_traversed(caller, inner)
-        }
-        Filter::Has { source_type, inner, .. } => {
-            require(caller, source_type, Perm::Search)?;
-            check_traversed(caller, inner)
-        }
-        _ => Ok(()),
-    }
 }
 
 /// The included resources the caller may read: types it may not read are left out, and a

@@ -469,19 +469,10 @@ impl<'a> Compiler<'a> {
                 self.sql.push(" AND v.param = ").text(param.clone()).push(")");
             }
             Filter::Test { param, kind, modifier, values } => {
-                let table = Table::of(*kind, modifier);
-                self.open_subquery(alias, types, table.name(), "v", drive, *modifier == Modifier::Not);
-                self.sql.push(" AND v.param = ").text(param.clone()).push(" AND (");
-                for (i, value) in values.iter().enumerate() {
-                    if i > 0 {
-                        self.sql.push(" OR ");
-                    }
-                    self.sql.push("(");
-                    let kind = if table == Table::Token { ParamKind::Token } else { *kind };
-                    self.value_condition(kind, modifier, value, "v.low", "v.high");
-                    self.sql.push(")");
-                }
-                self.sql.push("))");
+                self.row_condition(alias, types, drive, param, *kind, modifier, values, " OR ");
+            }
+            Filter::AllOf { param, kind, values } => {
+                self.row_condition(alias, types, drive, param, *kind, &Modifier::None, values, " AND ");
             }
             Filter::Chain { param, target_types, inner } => {
                 self.depth += 1;
@@ -492,7 +483,7 @@ impl<'a> Compiler<'a> {
                     self.sql.text,
                     " AND x.target_id IN (SELECT {inner_alias}.id FROM resources {inner_alias} WHERE "
                 );
-                self.where_clause(&inner_alias, target_types, std::slice::from_ref(inner));
+                self.where_clause(&inner_alias, target_types, inner);
                 self.sql.push("))");
             }
             Filter::Compartment { patient, params } => {
@@ -529,10 +520,39 @@ impl<'a> Compiler<'a> {
                     self.sql.text,
                     " AND x.resource_id IN (SELECT {inner_alias}.id FROM resources {inner_alias} WHERE "
                 );
-                self.where_clause(&inner_alias, std::slice::from_ref(source_type), std::slice::from_ref(inner));
+                self.where_clause(&inner_alias, std::slice::from_ref(source_type), inner);
                 self.sql.push("))");
             }
         }
+    }
+
+    /// An index row of `param` whose values meet the tests of `values`, joined by `join` (OR
+    /// for a comma list, AND for [`Filter::AllOf`]).
+    #[allow(clippy::too_many_arguments)]
+    fn row_condition(
+        &mut self,
+        alias: &str,
+        types: &[String],
+        drive: bool,
+        param: &str,
+        kind: ParamKind,
+        modifier: &Modifier,
+        values: &[SearchValue],
+        join: &str,
+    ) {
+        let table = Table::of(kind, modifier);
+        self.open_subquery(alias, types, table.name(), "v", drive, *modifier == Modifier::Not);
+        self.sql.push(" AND v.param = ").text(param.to_owned()).push(" AND (");
+        for (i, value) in values.iter().enumerate() {
+            if i > 0 {
+                self.sql.push(join);
+            }
+            self.sql.push("(");
+            let kind = if table == Table::Token { ParamKind::Token } else { kind };
+            self.value_condition(kind, modifier, value, "v.low", "v.high");
+            self.sql.push(")");
+        }
+        self.sql.push("))");
     }
 
     /// The test of one value against index row `v` (dates use the `low`/`high` expressions).
@@ -791,11 +811,25 @@ fn drive_rank(filter: &Filter) -> Option<u8> {
         Filter::Chain { .. } => Some(2),
         Filter::Compartment { .. } => Some(1),
         Filter::Test { kind: ParamKind::String | ParamKind::Composite, .. } | Filter::Has { .. } => Some(3),
+        // A window closed on both sides (`date=ge…&date=lt…` on one row) is bounded.
+        Filter::AllOf { values, .. } if bounds_both_sides(values) => Some(3),
+        Filter::AllOf { .. } => None,
         // Ranges and plain codes often match a large share of a type: scanning the type in id
         // order and probing each candidate stops after one page, where building their set
         // would not.
         Filter::Test { .. } => None,
     }
+}
+
+/// Whether date values bound a range from below and from above.
+fn bounds_both_sides(values: &[SearchValue]) -> bool {
+    let prefixes: Vec<Prefix> = values
+        .iter()
+        .filter_map(|v| if let SearchValue::Date { prefix, .. } = v { Some(*prefix) } else { None })
+        .collect();
+    let lower = prefixes.iter().any(|p| matches!(p, Prefix::Gt | Prefix::Ge | Prefix::Sa | Prefix::Eq | Prefix::Ap));
+    let upper = prefixes.iter().any(|p| matches!(p, Prefix::Lt | Prefix::Le | Prefix::Eb | Prefix::Eq | Prefix::Ap));
+    lower && upper
 }
 
 /// A LIKE pattern matching `text` as a prefix (or anywhere), with LIKE's wildcards escaped.

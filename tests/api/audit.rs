@@ -91,6 +91,16 @@ pub async fn every_interaction_is_audited(app: TestApp) {
     assert!(report.verified >= 10, "{report:?}");
 }
 
+pub async fn requests_no_route_takes_are_audited(app: TestApp) {
+    app.send(Method::DELETE, "metadata", &[], None).await.expect(405);
+    app.get("Patient/a/b/c/d/e").await.expect(404);
+    let all = events(&app.get("AuditEvent?outcome=4&_count=10&_sort=date").await.json);
+    let seen: Vec<(&str, &str)> = all.iter().map(|e| (subtype(e), e["action"].as_str().unwrap_or(""))).collect();
+    assert_eq!(seen, [("delete", "D"), ("operation", "E")]);
+    assert_eq!(all[1]["entity"].as_array().map(Vec::len).unwrap_or(0), 0, "no resource was touched");
+    assert_eq!(verify(&app).await.broken, None);
+}
+
 pub async fn bundles_record_each_write_in_their_transaction(app: TestApp) {
     let pid = app.create(fixtures::patient()).await["id"].as_str().unwrap().to_owned();
     let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [

@@ -285,6 +285,21 @@ pub async fn patient_scopes_confine_to_the_compartment(app: TestApp) {
     assert_eq!(ids(&s.get(&t, "CarePlan?subject:Patient.name=Ashby").await.json), [format!("CarePlan/{plan_a}")]);
     let has = s.get(&t, "Patient?_has:CarePlan:subject:status=active").await.json;
     assert_eq!(ids(&has), [format!("Patient/{a}")]);
+    // `_has` from a type outside the compartment looks only at the compartment: which
+    // clinicians treat another patient stays hidden.
+    let other_doctor = app.create(json!({"resourceType": "Practitioner", "name": [{"family": "Vance"}]})).await;
+    let other_doctor = other_doctor["id"].as_str().unwrap().to_owned();
+    for (patient, performer) in [(&a, &doctor), (&b, &other_doctor)] {
+        app.create(json!({"resourceType": "Observation", "status": "final", "code": {"text": "PHQ-9"},
+            "subject": {"reference": format!("Patient/{patient}")},
+            "performer": [{"reference": format!("Practitioner/{performer}")}]}))
+            .await;
+    }
+    let treating = s.get(&t, "Practitioner?_has:Observation:performer:status=final").await.json;
+    assert_eq!(ids(&treating), [format!("Practitioner/{doctor}")]);
+    let probe = format!("Practitioner?_has:Observation:performer:subject=Patient/{b}");
+    assert!(ids(&s.get(&t, &probe).await.json).is_empty());
+    assert_eq!(ids(&app.get(&probe).await.json), [format!("Practitioner/{other_doctor}")], "unconfined sees it");
     // Chains into types the token may not search are refused.
     let narrow = s.token("patient/CarePlan.rs", Some(&a));
     s.get(&narrow, "CarePlan?subject:Patient.name=Brook").await.expect(403);

@@ -103,6 +103,7 @@ fn main() {
         auth::patient_scopes_confine_to_the_compartment,
         auth::keys_come_from_a_jwks_url_and_rotate,
         audit::every_interaction_is_audited,
+        audit::requests_no_route_takes_are_audited,
         audit::bundles_record_each_write_in_their_transaction,
         audit::audit_needs_its_own_scope_and_records_denials,
         audit::audit_failure_fails_the_request,
@@ -124,6 +125,7 @@ fn main() {
         search::configured_page_size_and_count_cap,
         search::previous_links_walk_back,
         search::composite_parameters_pair_code_and_value,
+        search::deceased_is_a_computed_boolean,
     ];
 
     let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");

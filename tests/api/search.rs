@@ -513,3 +513,22 @@ pub async fn composite_parameters_pair_code_and_value(app: TestApp) {
     r.expect(400);
     assert_eq!(r.issue_expressions(), ["code-value-quantity"]);
 }
+
+pub async fn deceased_is_a_computed_boolean(app: TestApp) {
+    let d = load(&app).await;
+    let patient = |extra: Value| {
+        let mut p = json!({"resourceType": "Patient", "name": [{"family": "Doe"}]});
+        p.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        p
+    };
+    let died_on = id_of(&app, patient(json!({"deceasedDateTime": "2024-02-01"}))).await;
+    let died = id_of(&app, patient(json!({"deceasedBoolean": true}))).await;
+    let living = id_of(&app, patient(json!({"deceasedBoolean": false}))).await;
+    assert_eq!(ids(&app, "Patient?deceased=true").await, set(&[&died_on, &died]));
+    // No deceased element at all is "not deceased" too (the expression is false, not empty).
+    assert_eq!(ids(&app, "Patient?deceased=false").await, set(&[&living, &d.alice, &d.bob]));
+    assert_eq!(ids(&app, "Patient?deceased=true&family=doe").await.len(), 2);
+    let revived = json!({"resourceType": "Patient", "id": died, "deceasedBoolean": false});
+    app.put(&format!("Patient/{died}"), &revived).await.expect(200);
+    assert_eq!(ids(&app, "Patient?deceased=true").await, set(&[&died_on]));
+}

@@ -113,6 +113,16 @@ async fn request(
     connector: &TlsConnector,
     addr: SocketAddr,
 ) -> Result<(String, String, rustls::ProtocolVersion), String> {
+    send(connector, addr, b"GET /fhir/metadata HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await
+}
+
+/// Sends one raw HTTP/1.1 request over TLS: the status line, the server certificate's subject
+/// and the protocol version.
+async fn send(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    raw_request: &[u8],
+) -> Result<(String, String, rustls::ProtocolVersion), String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = ServerName::try_from("localhost").unwrap();
     let mut stream = connector.connect(name, tcp).await.map_err(|e| format!("handshake: {e}"))?;
@@ -123,10 +133,7 @@ async fn request(
         .and_then(|c| c.first())
         .and_then(liaison::tls::certificate_subject)
         .unwrap_or_default();
-    stream
-        .write_all(b"GET /fhir/metadata HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .map_err(|e| format!("write: {e}"))?;
+    stream.write_all(raw_request).await.map_err(|e| format!("write: {e}"))?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.map_err(|e| format!("read: {e}"))?;
     let text = String::from_utf8_lossy(&raw);
@@ -198,17 +205,29 @@ pub async fn mutual_tls_requires_a_client_certificate(app: TestApp) {
         let r = request(&client(&ca, &[versions], None), server.addr).await;
         assert!(r.is_err(), "no client certificate must be refused: {r:?}");
     }
-    // The client certificate's subject and the address are in the audit trail.
-    let trail = app.get("AuditEvent?subtype=capabilities&_count=10").await.json;
-    let agents: Vec<String> = trail["entry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|e| e["resource"]["agent"].as_array().cloned().unwrap_or_default())
-        .filter_map(|a| a["name"].as_str().map(str::to_owned))
-        .collect();
-    assert!(agents.iter().any(|n| n.contains("CN=referrals.example.org")), "{agents:?}");
-    assert!(trail.to_string().contains("127.0.0.1"), "the network address is recorded");
+    // A batch whose entries run through the router as requests of their own.
+    let batch =
+        r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Patient?_count=1"}}]}"#;
+    let raw = format!(
+        "POST /fhir HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{batch}",
+        batch.len()
+    );
+    let partner_client = client(&ca, &[&rustls::version::TLS13], Some(&partner));
+    assert_eq!(send(&partner_client, server.addr, raw.as_bytes()).await.unwrap().0, "HTTP/1.1 200 OK");
+    // The client certificate's subject and the address are in the audit trail, for the batch
+    // entry too.
+    for subtype in ["capabilities", "search-type"] {
+        let trail = app.get(&format!("AuditEvent?subtype={subtype}&_count=10")).await.json;
+        let agents: Vec<String> = trail["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|e| e["resource"]["agent"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a["name"].as_str().map(str::to_owned))
+            .collect();
+        assert!(agents.iter().any(|n| n.contains("CN=referrals.example.org")), "{subtype}: {agents:?}");
+        assert!(trail.to_string().contains("127.0.0.1"), "{subtype}: the network address is recorded");
+    }
     let rogue = Authority::new("Rogue CA").issue(&["rogue"], "rogue");
     let r = request(&client(&ca, &[&rustls::version::TLS13], Some(&rogue)), server.addr).await;
     assert!(r.is_err(), "an untrusted client certificate must be refused: {r:?}");
@@ -228,7 +247,13 @@ pub async fn certificates_reload_without_restart(app: TestApp) {
     let renewed = ca.issue(&["localhost"], "second.liaison.test");
     write(server.dir.path(), "cert.pem", &renewed.cert);
     write(server.dir.path(), "key.pem", &renewed.key);
-    server.tls.reload().unwrap();
+    // Stamped later than the first files, whatever the file system's clock granularity.
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    for name in ["cert.pem", "key.pem"] {
+        std::fs::File::options().write(true).open(server.dir.path().join(name)).unwrap().set_modified(later).unwrap();
+    }
+    assert!(server.tls.reload_if_changed().unwrap(), "the change is picked up");
+    assert!(!server.tls.reload_if_changed().unwrap(), "and only once");
     let (status, subject, _) = request(&connector, server.addr).await.unwrap();
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(subject.contains("CN=second.liaison.test"), "{subject}");

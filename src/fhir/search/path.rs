@@ -4,7 +4,8 @@
 //!
 //! Supported: paths, `|` unions, parentheses, `as T` / `.as(T)` / `.ofType(T)`,
 //! `.where(resolve() is T)`, `.where(field = 'literal')`, `.where(hasExtension('url'))`,
-//! `.extension('url')`, and for FHIRPath Patch the indexer `[n]`, `first()` and `last()`.
+//! `.extension('url')`, the boolean tests `.exists()`, `!= literal` and `and` (Patient.deceased),
+//! and for FHIRPath Patch the indexer `[n]`, `first()` and `last()`.
 //! Anything else is refused at parse time, and a search parameter is then not offered (see
 //! `SearchParams::unsupported`).
 //!
@@ -13,7 +14,7 @@
 
 use serde_json::Value;
 
-use crate::fhir::definitions::{Definitions, TypeKind};
+use crate::fhir::definitions::{Definitions, Max, TypeKind};
 
 /// A parsed expression.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +30,23 @@ pub enum Expr {
         inner: Box<Expr>,
         steps: Vec<Step>,
     },
+    /// `a and b and …`, with FHIRPath's three-valued logic: false when an operand is false,
+    /// true when all are true, empty otherwise.
+    And(Vec<Expr>),
+    /// `x != literal`: empty when `x` is, else whether `x` differs from the literal (values of
+    /// another type always do, so a `deceasedDateTime` is `!= false`).
+    NotEquals(Box<Expr>, Value),
+}
+
+impl Expr {
+    /// Whether the expression yields a boolean test rather than elements of the resource.
+    pub fn is_test(&self) -> bool {
+        match self {
+            Self::And(_) | Self::NotEquals(..) => true,
+            Self::Path { steps, .. } | Self::Sub { steps, .. } => steps.last() == Some(&Step::Exists),
+            Self::Union(_) => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +61,8 @@ pub enum Step {
     Index(usize),
     First,
     Last,
+    /// `exists()`: whether the collection has any item, as one boolean.
+    Exists,
 }
 
 /// A node reached by evaluation: a JSON value with its FHIR type (a type name, or the path of a
@@ -66,6 +86,7 @@ enum Tok {
     Eq,
     LBracket,
     RBracket,
+    NotEq,
 }
 
 fn tokenize(text: &str) -> Result<Vec<Tok>, String> {
@@ -95,6 +116,13 @@ fn tokenize(text: &str) -> Result<Vec<Tok>, String> {
             '=' => {
                 chars.next();
                 out.push(Tok::Eq);
+            }
+            '!' => {
+                chars.next();
+                if chars.next() != Some('=') {
+                    return Err("unsupported operator '!'".into());
+                }
+                out.push(Tok::NotEq);
             }
             '[' => {
                 chars.next();
@@ -171,6 +199,31 @@ impl Parser {
         }
     }
 
+    /// `comparison ('and' comparison)*`.
+    fn conjunction(&mut self) -> Result<Expr, String> {
+        let mut operands = vec![self.comparison()?];
+        while matches!(self.peek(), Some(Tok::Ident(kw)) if kw == "and") {
+            self.next();
+            operands.push(self.comparison()?);
+        }
+        Ok(if operands.len() == 1 { operands.remove(0) } else { Expr::And(operands) })
+    }
+
+    /// `union ('!=' literal)?`, where a literal is `true`, `false` or a string.
+    fn comparison(&mut self) -> Result<Expr, String> {
+        let left = self.union()?;
+        if self.peek() != Some(&Tok::NotEq) {
+            return Ok(left);
+        }
+        self.next();
+        let literal = match self.next() {
+            Some(Tok::Ident(b)) if b == "true" || b == "false" => Value::Bool(b == "true"),
+            Some(Tok::Str(s)) => Value::String(s),
+            other => return Err(format!("expected a literal, found {other:?}")),
+        };
+        Ok(Expr::NotEquals(Box::new(left), literal))
+    }
+
     fn union(&mut self) -> Result<Expr, String> {
         let mut terms = vec![self.term()?];
         while self.peek() == Some(&Tok::Pipe) {
@@ -184,7 +237,7 @@ impl Parser {
     fn term(&mut self) -> Result<Expr, String> {
         let mut expr = match self.next() {
             Some(Tok::Open) => {
-                let inner = self.union()?;
+                let inner = self.conjunction()?;
                 self.expect(Tok::Close)?;
                 Expr::Sub { inner: Box::new(inner), steps: Vec::new() }
             }
@@ -193,7 +246,7 @@ impl Parser {
         };
         let steps = match &mut expr {
             Expr::Path { steps, .. } | Expr::Sub { steps, .. } => steps,
-            Expr::Union(_) => unreachable!("terms are paths or parenthesised"),
+            _ => unreachable!("terms are paths or parenthesised"),
         };
         loop {
             match self.peek() {
@@ -229,6 +282,7 @@ impl Parser {
             "where" => self.predicate()?,
             "first" => Step::First,
             "last" => Step::Last,
+            "exists" => Step::Exists,
             other => return Err(format!("function {other}() is not supported")),
         };
         self.expect(Tok::Close)?;
@@ -263,10 +317,34 @@ impl Parser {
 /// Parses a SearchParameter expression of the supported subset.
 pub fn parse(text: &str) -> Result<Expr, String> {
     let mut p = Parser { toks: tokenize(text)?, pos: 0 };
-    let expr = p.union()?;
+    let expr = p.conjunction()?;
     match p.peek() {
         None => Ok(expr),
         Some(t) => Err(format!("unexpected {t:?}")),
+    }
+}
+
+/// Parses an expression that must name elements (a FHIRPath Patch path), not test them.
+pub fn parse_path(text: &str) -> Result<Expr, String> {
+    let expr = parse(text)?;
+    if expr.is_test() {
+        return Err("a boolean test names no element".into());
+    }
+    Ok(expr)
+}
+
+static TRUE: Value = Value::Bool(true);
+static FALSE: Value = Value::Bool(false);
+
+fn boolean<'a>(b: bool) -> Node<'a> {
+    Node { value: if b { &TRUE } else { &FALSE }, ty: "boolean" }
+}
+
+/// The truth of a boolean test's result: `None` for empty (unknown).
+fn truth<'a, T: Item<'a>>(items: &[T]) -> Option<bool> {
+    match items {
+        [one] => one.node().value.as_bool(),
+        _ => None,
     }
 }
 
@@ -275,6 +353,8 @@ pub fn parse(text: &str) -> Result<Expr, String> {
 /// What evaluation steps through: a node, possibly with where it is.
 pub trait Item<'a>: Sized {
     fn node(&self) -> Node<'a>;
+    /// An item computed by the expression (a boolean) rather than found in the resource.
+    fn computed(node: Node<'a>) -> Self;
     /// The values of element `name` under this item, flattened.
     fn children(&self, defs: &'a Definitions, name: &str) -> Vec<Self>;
 }
@@ -282,6 +362,10 @@ pub trait Item<'a>: Sized {
 impl<'a> Item<'a> for Node<'a> {
     fn node(&self) -> Node<'a> {
         *self
+    }
+
+    fn computed(node: Node<'a>) -> Self {
+        node
     }
 
     fn children(&self, defs: &'a Definitions, name: &str) -> Vec<Self> {
@@ -306,6 +390,10 @@ pub struct Located<'a> {
 impl<'a> Item<'a> for Located<'a> {
     fn node(&self) -> Node<'a> {
         self.node
+    }
+
+    fn computed(node: Node<'a>) -> Self {
+        Located { node, path: Vec::new() }
     }
 
     fn children(&self, defs: &'a Definitions, name: &str) -> Vec<Self> {
@@ -346,6 +434,11 @@ pub fn evaluate_relative<'a>(defs: &'a Definitions, expr: &Expr, node: Node<'a>)
             apply_steps(defs, vec![node], &all)
         }
         Expr::Sub { inner, steps } => apply_steps(defs, evaluate_relative(defs, inner, node), steps),
+        Expr::And(_) | Expr::NotEquals(..) => {
+            let mut out = Vec::new();
+            eval_into(defs, expr, node, &mut out);
+            out
+        }
     }
 }
 
@@ -361,6 +454,30 @@ fn eval_into<'a, T: Item<'a> + Clone>(defs: &'a Definitions, expr: &Expr, root: 
             let mut items = Vec::new();
             eval_into(defs, inner, root, &mut items);
             out.extend(apply_steps(defs, items, steps));
+        }
+        Expr::And(operands) => {
+            let truths: Vec<Option<bool>> = operands
+                .iter()
+                .map(|operand| {
+                    let mut items: Vec<T> = Vec::new();
+                    eval_into(defs, operand, root.clone(), &mut items);
+                    truth(&items)
+                })
+                .collect();
+            let result = if truths.contains(&Some(false)) {
+                Some(false)
+            } else {
+                truths.iter().all(|t| *t == Some(true)).then_some(true)
+            };
+            out.extend(result.map(|b| T::computed(boolean(b))));
+        }
+        Expr::NotEquals(left, literal) => {
+            let mut items: Vec<T> = Vec::new();
+            eval_into(defs, left, root, &mut items);
+            if !items.is_empty() {
+                let equal = matches!(items.as_slice(), [one] if one.node().value == literal);
+                out.push(T::computed(boolean(!equal)));
+            }
         }
     }
 }
@@ -378,7 +495,7 @@ fn apply_steps<'a, T: Item<'a>>(defs: &'a Definitions, mut items: Vec<T>, steps:
                 }
                 Step::WhereHasExtension(url) => has_extension(n.value, url),
                 Step::Extension(url) => n.value.get("url").and_then(Value::as_str) == Some(url.as_str()),
-                Step::Child(_) | Step::Index(_) | Step::First | Step::Last => true,
+                Step::Child(_) | Step::Index(_) | Step::First | Step::Last | Step::Exists => true,
             }
         };
         items = match step {
@@ -387,10 +504,44 @@ fn apply_steps<'a, T: Item<'a>>(defs: &'a Definitions, mut items: Vec<T>, steps:
             Step::Index(n) => items.into_iter().nth(*n).into_iter().collect(),
             Step::First => items.into_iter().next().into_iter().collect(),
             Step::Last => items.into_iter().last().into_iter().collect(),
+            Step::Exists => vec![T::computed(boolean(!items.is_empty()))],
             _ => items.into_iter().filter(keep).collect(),
         };
     }
     items
+}
+
+/// The types `expr` can reach on a resource of type `ty` when it reaches at most one element
+/// (every step a single-valued child or a type filter, no union); `None` when it may reach more.
+pub fn single_element_types<'a>(defs: &'a Definitions, expr: &Expr, ty: &'a str) -> Option<Vec<&'a str>> {
+    let (root, steps) = match expr {
+        Expr::Path { root, steps } => (root.as_str(), steps),
+        Expr::Sub { inner, steps } if steps.is_empty() => return single_element_types(defs, inner, ty),
+        _ => return None,
+    };
+    if root != ty {
+        return None;
+    }
+    // The current element's possible types (or backbone path), from the resource down.
+    let mut types: Vec<&'a str> = vec![ty];
+    for step in steps {
+        match step {
+            Step::Child(name) => {
+                let [parent] = types.as_slice() else { return None };
+                let el = defs.children(parent).iter().find(|e| e.name == *name)?;
+                if el.max != Max::One {
+                    return None;
+                }
+                types = match el.children_path() {
+                    Some(path) => vec![path],
+                    None => el.types.iter().map(|t| t.code.as_str()).collect(),
+                };
+            }
+            Step::OfType(t) => types.retain(|x| x.eq_ignore_ascii_case(t)),
+            _ => return None,
+        }
+    }
+    Some(types)
 }
 
 /// The values of element `name` under `node`, flattened, each with its type (for an Extension
@@ -490,7 +641,37 @@ mod tests {
         ] {
             parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
         }
-        assert!(parse("Patient.deceased.exists() and Patient.deceased != false").is_err());
+        assert!(parse("Patient.deceased.exists() and Patient.deceased != false").unwrap().is_test());
+        assert!(parse_path("Patient.deceased.exists()").is_err());
+        assert!(parse("Patient.deceased == false").is_err());
+    }
+
+    #[test]
+    fn single_elements_are_told_from_repeating_ones() {
+        let defs = Definitions::r4();
+        let types =
+            |text: &str, ty: &'static str| single_element_types(&defs, &parse(text).unwrap(), ty).map(|t| t.join(","));
+        assert_eq!(types("Encounter.period", "Encounter").as_deref(), Some("Period"));
+        assert_eq!(types("(Observation.value as Quantity)", "Observation").as_deref(), Some("Quantity"));
+        assert_eq!(types("Goal.target.due", "Goal"), None, "Goal.target repeats");
+        assert_eq!(types("CarePlan.period | CarePlan.created", "CarePlan"), None);
+        assert_eq!(types("CarePlan.activity.detail.scheduled", "CarePlan"), None, "CarePlan.activity repeats");
+    }
+
+    #[test]
+    fn boolean_tests_follow_fhirpath_logic() {
+        let defs = Definitions::r4();
+        let expr = parse("Patient.deceased.exists() and Patient.deceased != false").unwrap();
+        for (patient, expected) in [
+            (json!({"resourceType": "Patient"}), false),
+            (json!({"resourceType": "Patient", "deceasedBoolean": false}), false),
+            (json!({"resourceType": "Patient", "deceasedBoolean": true}), true),
+            (json!({"resourceType": "Patient", "deceasedDateTime": "2024-02-01"}), true),
+        ] {
+            let found = evaluate(&defs, &expr, &patient, "Patient");
+            assert_eq!(found.len(), 1, "{patient}");
+            assert_eq!((found[0].value, found[0].ty), (&Value::Bool(expected), "boolean"), "{patient}");
+        }
     }
 
     #[test]

@@ -106,6 +106,14 @@ pub enum Filter {
         modifier: Modifier,
         values: Vec<SearchValue>,
     },
+    /// Repetitions of a parameter with at most one index row per resource (AND by repetition):
+    /// that row must meet every value, so that `date=ge…&date=lt…` is one window on one row,
+    /// which bounds the lookup where two open-ended conditions would not.
+    AllOf {
+        param: String,
+        kind: ParamKind,
+        values: Vec<SearchValue>,
+    },
     /// `_id`: one of these ids.
     Id(Vec<String>),
     /// `_lastUpdated`, one value (AND by repetition).
@@ -115,18 +123,19 @@ pub enum Filter {
         kind: ParamKind,
         missing: bool,
     },
-    /// `param[:Type].rest=…`: a reference to a resource of one of `target_types` matching `inner`.
+    /// `param[:Type].rest=…`: a reference to a resource of one of `target_types` meeting every
+    /// filter of `inner` (the chained one, and authorization's confinement).
     Chain {
         param: String,
         target_types: Vec<String>,
-        inner: Box<Filter>,
+        inner: Vec<Filter>,
     },
     /// `_has:Type:param:rest=…`: some `source_type` resource refers to this one by `param` and
-    /// matches `inner`.
+    /// meets every filter of `inner`.
     Has {
         source_type: String,
         param: String,
-        inner: Box<Filter>,
+        inner: Vec<Filter>,
     },
     /// In `patient`'s compartment: the Patient itself, or a resource that references it through
     /// one of `params` (never parsed from a request; authorization adds it).
@@ -273,7 +282,42 @@ pub fn parse(
             },
         }
     }
+    q.filters = merge_single_row(params, ty, std::mem::take(&mut q.filters));
     Ok(q)
+}
+
+/// Joins the single-valued repetitions of each single-row parameter into one [`Filter::AllOf`].
+/// With at most one row per resource, "some row meets A and some row meets B" is "the row
+/// meets A and B", so the meaning is R4's (search.html#combining).
+fn merge_single_row(params: &SearchParams, ty: &str, filters: Vec<Filter>) -> Vec<Filter> {
+    let mut out: Vec<Filter> = Vec::with_capacity(filters.len());
+    for filter in filters {
+        let Filter::Test { param, kind, modifier: Modifier::None, values } = &filter else {
+            out.push(filter);
+            continue;
+        };
+        if values.len() != 1 || !params.get(ty, param).is_some_and(|p| p.single_row) {
+            out.push(filter);
+            continue;
+        }
+        let earlier = out.iter_mut().find_map(|f| match f {
+            Filter::AllOf { param: p, values, .. } if p == param => Some(values),
+            _ => None,
+        });
+        match earlier {
+            Some(all) => all.extend(values.iter().cloned()),
+            None => out.push(Filter::AllOf { param: param.clone(), kind: *kind, values: values.clone() }),
+        }
+    }
+    // A lone value stays a plain test.
+    out.into_iter()
+        .map(|f| match f {
+            Filter::AllOf { param, kind, values } if values.len() == 1 => {
+                Filter::Test { param, kind, modifier: Modifier::None, values }
+            }
+            f => f,
+        })
+        .collect()
 }
 
 const UNKNOWN: &str = "is not a search parameter of this resource type";
@@ -301,11 +345,7 @@ fn parse_filter(
             return Err(err(name, format!("{param} is not a reference parameter")));
         }
         let inner = parse_filter(params, source_type, inner, value, base_url, depth + 1)?;
-        return Ok(Filter::Has {
-            source_type: source_type.to_owned(),
-            param: param.to_owned(),
-            inner: Box::new(inner),
-        });
+        return Ok(Filter::Has { source_type: source_type.to_owned(), param: param.to_owned(), inner: vec![inner] });
     }
     // `param[:modifier][.chained]`
     let (head, chained) = match name.split_once('.') {
@@ -348,7 +388,7 @@ fn parse_filter(
             _ => {
                 let types: Vec<String> = inners.iter().map(|(t, _)| t.clone()).collect();
                 let inner = inners.into_iter().next().map(|(_, f)| f).expect("one chain");
-                Ok(Filter::Chain { param: code.to_owned(), target_types: types, inner: Box::new(inner) })
+                Ok(Filter::Chain { param: code.to_owned(), target_types: types, inner: vec![inner] })
             }
         };
     }
@@ -604,7 +644,7 @@ mod tests {
     use crate::fhir::registry::SUPPORTED_TYPES;
 
     fn q(ty: &str, pairs: &[(&str, &str)]) -> Result<SearchQuery, QueryError> {
-        let params = SearchParams::r4(SUPPORTED_TYPES);
+        let params = SearchParams::r4(&crate::fhir::definitions::Definitions::r4(), SUPPORTED_TYPES);
         let pairs: Vec<(String, String)> = pairs.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect();
         parse(&params, ty, &pairs, ParseOptions { base_url: "http://base/fhir", strict: false, max_count: 1000 })
     }
@@ -620,6 +660,21 @@ mod tests {
         assert!(matches!(values[0], SearchValue::Date { prefix: Prefix::Ge, .. }));
         assert!(q("CarePlan", &[("date", "gt2024-13")]).is_err());
         assert!(q("CarePlan", &[("status:exact", "x")]).is_err());
+    }
+
+    #[test]
+    fn repetitions_of_a_single_row_date_make_one_window() {
+        let query =
+            q("Encounter", &[("date", "ge2024-03-01"), ("status", "finished"), ("date", "lt2024-03-08")]).unwrap();
+        assert_eq!(query.filters.len(), 2);
+        let Filter::AllOf { param, values, .. } = &query.filters[0] else { panic!("{:?}", query.filters) };
+        assert_eq!((param.as_str(), values.len()), ("date", 2));
+        // Several rows per resource (Goal.target repeats): the conditions stay independent.
+        let query = q("Goal", &[("target-date", "ge2024-03-01"), ("target-date", "lt2024-03-08")]).unwrap();
+        assert!(query.filters.iter().all(|f| matches!(f, Filter::Test { .. })), "{:?}", query.filters);
+        // A comma list or a modifier is not merged.
+        let query = q("Encounter", &[("date", "ge2024-03-01,lt2023-01-01"), ("date", "lt2024-03-08")]).unwrap();
+        assert_eq!(query.filters.len(), 2);
     }
 
     #[test]
@@ -643,7 +698,7 @@ mod tests {
     fn unknown_parameters_are_ignored_unless_strict() {
         let query = q("CarePlan", &[("colour", "blue")]).unwrap();
         assert_eq!(query.ignored, ["colour"]);
-        let params = SearchParams::r4(SUPPORTED_TYPES);
+        let params = SearchParams::r4(&crate::fhir::definitions::Definitions::r4(), SUPPORTED_TYPES);
         let options = ParseOptions { base_url: "", strict: true, max_count: 1000 };
         let strict = parse(&params, "CarePlan", &[("colour".into(), "blue".into())], options);
         assert!(strict.is_err());
