@@ -93,7 +93,8 @@ pub async fn verify_audit(config: &Config) -> Result<store::ChainReport, StartEr
 
 /// The application router for `state`.
 pub fn app(state: AppState) -> Router {
-    http::router(state)
+    let docs = http::docs(&state.registry);
+    http::router(state).merge(docs)
 }
 
 pub use serve::{serve, Peer};

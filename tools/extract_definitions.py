@@ -125,6 +125,10 @@ def search_parameters(src):
     every = list(load_all(src, "SearchParameter"))
     by_url = {sp["url"]: sp for sp in every}
     for sp in every:
+        # The package also holds the specification's example SearchParameters (example-reference
+        # is a second Condition "subject"): examples of the format, not parameters R4 defines.
+        if sp["id"].startswith("example"):
+            continue
         for base in sp.get("base", []):
             if base in ("Resource", "DomainResource") and sp["code"] in COMMON:
                 targets = SERVED

@@ -9,6 +9,7 @@ mod capabilities;
 mod history;
 mod interaction;
 mod negotiate;
+pub mod openapi;
 mod resource;
 mod search;
 mod write;
@@ -24,6 +25,7 @@ use tower_http::trace::TraceLayer;
 pub use capabilities::capability_statement;
 
 use crate::error::AppError;
+use crate::fhir::registry::Registry;
 use crate::state::AppState;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -75,6 +77,16 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
         .layer(axum::middleware::map_request(drop_unsafe_request_id))
         .with_state(state)
+}
+
+/// The OpenAPI document at `/fhir/openapi.json` and its interactive page at `/fhir/docs/`
+/// (Swagger UI, embedded in the binary: no CDN, works offline). Public, like `/metadata`.
+pub fn docs(registry: &Registry) -> Router {
+    let config = utoipa_swagger_ui::Config::from("/fhir/openapi.json").validator_url("none").display_operation_id(true);
+    utoipa_swagger_ui::SwaggerUi::new("/fhir/docs")
+        .url("/fhir/openapi.json", openapi::document(registry))
+        .config(config)
+        .into()
 }
 
 /// A client's `x-request-id` is kept only when it is short and plain (it goes into every log

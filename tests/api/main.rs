@@ -70,6 +70,7 @@ fn main() {
         protocol::metadata_lists_exactly_what_is_served,
         protocol::unknown_routes_and_methods_get_operation_outcomes,
         protocol::health_endpoints_answer,
+        protocol::openapi_document_and_docs_page,
         protocol::serves_over_a_real_socket,
         protocol::two_servers_share_one_database,
         protocol::control_characters_versions_and_request_ids,

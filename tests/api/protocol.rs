@@ -204,3 +204,24 @@ pub async fn start_up_rebuilds_an_outdated_index(app: TestApp) {
     assert_eq!(r.json["total"], 1, "{}", r.text);
     restarted.delete(&format!("Patient/{pid}")).await.expect(409);
 }
+
+/// The OpenAPI document and its offline documentation page are served, and the document is the
+/// committed one.
+pub async fn openapi_document_and_docs_page(app: TestApp) {
+    let r = app.get("openapi.json").await;
+    r.expect(200);
+    let committed: Value =
+        serde_json::from_str(&std::fs::read_to_string("openapi/openapi.json").expect("the committed document"))
+            .unwrap();
+    assert_eq!(r.json, committed);
+    let page = app.get("docs/").await;
+    page.expect(200);
+    assert!(page.text.contains("swagger-ui"), "{}", page.text);
+    // Every script and stylesheet comes from this server.
+    for attribute in ["src=\"http", "href=\"http", "src='http", "href='http"] {
+        assert!(!page.text.contains(attribute), "an outside asset: {}", page.text);
+    }
+    app.get("docs/swagger-ui-bundle.js").await.expect(200);
+    let init = app.get("docs/swagger-initializer.js").await;
+    assert!(init.text.contains("\"/fhir/openapi.json\"") && init.text.contains("\"validatorUrl\": \"none\""));
+}
