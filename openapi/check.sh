@@ -72,7 +72,7 @@ schemathesis run "$spec" --url "$base" --no-color --seed 1 --workers 2 --checks 
 echo "openapi: schemathesis, writes"
 schemathesis run "$spec" --url "$base" --no-color --seed 1 --workers 2 --checks "$checks" \
     --phases fuzzing --max-examples 3 --suppress-health-check=too_slow \
-    --max-time "${SCHEMATHESIS_WRITE_SECONDS:-150}" \
+    --max-time "${SCHEMATHESIS_WRITE_SECONDS:-90}" \
     --include-operation-id-regex '^(create|patch|conditionalPatch)[A-Z]|^transaction$'
 
 kill "$server"

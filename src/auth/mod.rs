@@ -117,6 +117,9 @@ pub struct Principal {
     pub client_id: Option<String>,
     /// The token's `patient` claim: the compartment `patient/` scopes confine to.
     pub patient: Option<String>,
+    /// The token's `fhirUser` claim as a local `Type/id` (a Practitioner, PractitionerRole,
+    /// Patient, …): who the user is, for the referral workflow's rules.
+    pub fhir_user: Option<(String, String)>,
     pub scopes: Vec<Scope>,
     /// No authorization is configured: everything is allowed (loopback development only).
     pub unrestricted: bool,
@@ -148,6 +151,11 @@ impl Principal {
     /// The principal of a server without authorization.
     pub fn unrestricted() -> Self {
         Self { unrestricted: true, ..Self::default() }
+    }
+
+    /// Whether the token acts for a system rather than a user (only `system/` scopes).
+    pub fn is_system(&self) -> bool {
+        !self.scopes.is_empty() && self.scopes.iter().all(|s| s.context == Context::System)
     }
 
     /// What this principal may do with `perm` on resources of type `ty`.

@@ -10,6 +10,7 @@ pub mod primitives;
 pub mod registry;
 pub mod search;
 pub mod validate;
+pub mod workflow;
 
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;

@@ -18,7 +18,7 @@ use crate::fhir::outcome::{Issue, IssueType};
 use crate::fhir::patch::{Patch, PatchError};
 use crate::fhir::registry::ResourceType;
 use crate::fhir::search::query::{self, Filter};
-use crate::fhir::validate;
+use crate::fhir::{validate, workflow};
 use crate::state::AppState;
 use crate::store::{Change, Derived, Expect, StoreError, Version, WriteTx, Written};
 
@@ -233,8 +233,10 @@ pub async fn execute(state: &AppState, caller: &Principal, tx: &mut WriteTx, wri
                     return Ok(Done { status: StatusCode::OK, version, message, entities, patients });
                 }
             }
+            let follow = referral_rules(state, caller, tx, ty, id, resource).await?;
             let written = tx.write(ty, id, Change::Create(resource.clone()), derived.into()).await?;
-            Ok(Done::stored(written, ty, id, patients_in(ty.as_str(), id, &derived.index)))
+            let done = Done::stored(written, ty, id, patients_in(ty.as_str(), id, &derived.index));
+            follow_referral(state, tx, follow, done).await
         }
         WriteKind::Update { target, resource, derived, expect } => {
             let body_id = resource.get("id").and_then(Value::as_str);
@@ -255,8 +257,10 @@ pub async fn execute(state: &AppState, caller: &Principal, tx: &mut WriteTx, wri
                         (None, None) => {
                             let id = uuid::Uuid::new_v4().to_string();
                             rights.content(ty, &id, Perm::Create, derived)?;
+                            let follow = referral_rules(state, caller, tx, ty, &id, resource).await?;
                             let written = tx.write(ty, &id, Change::Create(resource.clone()), derived.into()).await?;
-                            return Ok(Done::stored(written, ty, &id, patients_in(ty.as_str(), &id, &derived.index)));
+                            let done = Done::stored(written, ty, &id, patients_in(ty.as_str(), &id, &derived.index));
+                            return follow_referral(state, tx, follow, done).await;
                         }
                     }
                 }
@@ -268,8 +272,10 @@ pub async fn execute(state: &AppState, caller: &Principal, tx: &mut WriteTx, wri
             rights.content(ty, &id, perm, derived)?;
             let mut resource = resource.clone();
             resource.insert("id".into(), Value::from(id.as_str()));
+            let follow = referral_rules(state, caller, tx, ty, &id, &resource).await?;
             let written = tx.write(ty, &id, Change::Update { resource, expect: *expect }, derived.into()).await?;
-            Ok(Done::stored(written, ty, &id, patients_in(ty.as_str(), &id, &derived.index)))
+            let done = Done::stored(written, ty, &id, patients_in(ty.as_str(), &id, &derived.index));
+            follow_referral(state, tx, follow, done).await
         }
         WriteKind::Patch { target, patch, expect } => {
             let id = match target {
@@ -308,9 +314,11 @@ pub async fn execute(state: &AppState, caller: &Principal, tx: &mut WriteTx, wri
                 other => other,
             })?;
             rights.content(ty, &id, Perm::Update, &derived)?;
+            let follow = referral_rules(state, caller, tx, ty, &id, &patched).await?;
             let change = Change::Update { resource: patched, expect: Expect::Version(current.version_id) };
             let written = tx.write(ty, &id, change, (&derived).into()).await?;
-            Ok(Done::stored(written, ty, &id, patients_in(ty.as_str(), &id, &derived.index)))
+            let done = Done::stored(written, ty, &id, patients_in(ty.as_str(), &id, &derived.index));
+            follow_referral(state, tx, follow, done).await
         }
         WriteKind::Delete { target: Target::Id(id), expect } => {
             rights.existing(tx, ty, id, Perm::Delete).await?;
@@ -348,6 +356,140 @@ pub async fn execute(state: &AppState, caller: &Principal, tx: &mut WriteTx, wri
             Ok(Done { status: StatusCode::NO_CONTENT, version, message, entities, patients })
         }
     }
+}
+
+/// A status the referral's ServiceRequest takes after its Task is written.
+struct FollowUp {
+    service_request: String,
+    status: &'static str,
+}
+
+/// The referral workflow's rules for writing Task `id` as `task` (task.html#statemachine), when
+/// its focus is a referral ServiceRequest: the state machine (409 naming both statuses), the
+/// reason a rejection or cancellation needs (422), and who may make the change (403: the owner
+/// accepts or rejects, the requester cancels, judged by the stored version's parties). Returns
+/// the status the ServiceRequest must follow with.
+async fn referral_rules(
+    state: &AppState,
+    caller: &Principal,
+    tx: &mut WriteTx,
+    ty: ResourceType,
+    id: &str,
+    task: &Map<String, Value>,
+) -> Result<Option<FollowUp>, AppError> {
+    let Some(service_request_type) = state.registry.resource_type("ServiceRequest") else { return Ok(None) };
+    if ty.as_str() != "Task" {
+        return Ok(None);
+    }
+    let Some(("ServiceRequest", sr_id)) = workflow::focus(task).as_ref().map(|(t, i)| (t.as_str(), i.clone())) else {
+        return Ok(None);
+    };
+    let Some(request) = live_content(tx, service_request_type, &sr_id).await? else { return Ok(None) };
+    if !workflow::is_referral(&request) {
+        return Ok(None);
+    }
+    let stored = live_content(tx, ty, id).await?;
+    let from = stored.as_ref().map(|t| workflow::status(t).to_owned());
+    let to = workflow::status(task);
+    workflow::check_transition(from.as_deref(), to, task).map_err(|refusal| match refusal {
+        workflow::Refusal::Transition(why) => AppError::Conflict(why),
+        workflow::Refusal::MissingReason(why) => {
+            AppError::Unprocessable(vec![Issue::at(IssueType::Required, String::from("Task.statusReason"), why)])
+        }
+    })?;
+    if let Some(stored) = &stored {
+        if from.as_deref() != Some(to) {
+            check_party(state, caller, tx, stored, to).await?;
+        }
+    }
+    let follow = workflow::service_request_status(to)
+        .filter(|s| request.get("status").and_then(Value::as_str) != Some(*s))
+        .map(|status| FollowUp { service_request: sr_id, status });
+    Ok(follow)
+}
+
+/// Whether the caller may move the referral to `to`: it must act for the party the state
+/// machine names, as the token's `fhirUser` says. Callers without a user (system-to-system
+/// integration, or a server without authorization) act for the systems they are.
+async fn check_party(
+    state: &AppState,
+    caller: &Principal,
+    tx: &mut WriteTx,
+    stored: &Map<String, Value>,
+    to: &str,
+) -> Result<(), AppError> {
+    let (element, role) = match workflow::party_for(to) {
+        workflow::Party::Owner => ("owner", "the owner (receiver)"),
+        workflow::Party::Requester => ("requester", "the requester (sender)"),
+        workflow::Party::Either => return Ok(()),
+    };
+    let Some(user) = &caller.fhir_user else {
+        return if caller.unrestricted || caller.is_system() {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden(format!("only {role} may make a referral Task {to}; the token names no fhirUser")))
+        };
+    };
+    let party = workflow::local_reference(stored, element);
+    if let Some((party_type, party_id)) = &party {
+        if acts_for(state, tx, user, party_type, party_id).await? {
+            return Ok(());
+        }
+    }
+    Err(AppError::Forbidden(format!("only {role} may make a referral Task {to}")))
+}
+
+/// Whether user `Type/id` acts for `party_type/party_id`: it is the party, or the party is a
+/// PractitionerRole of that Practitioner, or an Organization the user's PractitionerRole is in.
+async fn acts_for(
+    state: &AppState,
+    tx: &mut WriteTx,
+    user: &(String, String),
+    party_type: &str,
+    party_id: &str,
+) -> Result<bool, AppError> {
+    if user.0 == party_type && user.1 == party_id {
+        return Ok(true);
+    }
+    let Some(roles) = state.registry.resource_type("PractitionerRole") else { return Ok(false) };
+    let (role_id, element, wanted) = match (user.0.as_str(), party_type) {
+        ("Practitioner", "PractitionerRole") => (party_id, "practitioner", ("Practitioner", user.1.as_str())),
+        ("PractitionerRole", "Organization") => (user.1.as_str(), "organization", ("Organization", party_id)),
+        _ => return Ok(false),
+    };
+    let role = live_content(tx, roles, role_id).await?;
+    Ok(role.and_then(|r| workflow::local_reference(&r, element)).is_some_and(|(t, i)| t == wanted.0 && i == wanted.1))
+}
+
+/// Writes the status a referral's ServiceRequest follows its Task with, in the same
+/// transaction, and adds it to what the write touched.
+async fn follow_referral(
+    state: &AppState,
+    tx: &mut WriteTx,
+    follow: Option<FollowUp>,
+    mut done: Done,
+) -> Result<Done, AppError> {
+    let (Some(follow), Some(ty)) = (follow, state.registry.resource_type("ServiceRequest")) else { return Ok(done) };
+    let Some(current) = tx.current(ty, &follow.service_request).await?.filter(|v| !v.is_deleted()) else {
+        return Ok(done);
+    };
+    let mut request: Map<String, Value> = serde_json::from_str(current.content.as_deref().unwrap_or("{}"))
+        .map_err(|_| AppError::Internal(StoreError::Corrupt))?;
+    request.insert("status".into(), Value::from(follow.status));
+    let derived = check_resource(state, ty, &request, Some(&follow.service_request))?;
+    let change = Change::Update { resource: request, expect: Expect::Version(current.version_id) };
+    if let Written::Stored { version, .. } = tx.write(ty, &follow.service_request, change, (&derived).into()).await? {
+        done.entities.push(format!("{ty}/{}/_history/{}", follow.service_request, version.version_id));
+    }
+    Ok(done)
+}
+
+/// The stored content of `ty/id`, unless it does not exist or is deleted.
+async fn live_content(tx: &mut WriteTx, ty: ResourceType, id: &str) -> Result<Option<Map<String, Value>>, AppError> {
+    let Some(version) = tx.current(ty, id).await?.filter(|v| !v.is_deleted()) else { return Ok(None) };
+    serde_json::from_str(version.content.as_deref().unwrap_or("{}"))
+        .map(Some)
+        .map_err(|_| AppError::Internal(StoreError::Corrupt))
 }
 
 /// The id of the one current resource matching `filters`, if any; 412 when several match.

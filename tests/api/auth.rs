@@ -93,6 +93,13 @@ impl Secured {
         self.keys.sign(Algorithm::ES256, &claims(scope, patient))
     }
 
+    /// A token of a user who is `fhir_user` (`Practitioner/…`, an absolute URL, …).
+    pub fn user_token(&self, scope: &str, fhir_user: &str) -> String {
+        let mut c = claims(scope, None);
+        c["fhirUser"] = json!(fhir_user);
+        self.keys.sign(Algorithm::ES256, &c)
+    }
+
     pub async fn send(&self, token: &str, method: Method, path: &str, body: Option<Value>) -> TestResponse {
         let auth = format!("Bearer {token}");
         self.app.send(method, path, &[("authorization", &auth)], body.map(|b| b.to_string())).await

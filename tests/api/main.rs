@@ -16,6 +16,7 @@ mod helpers;
 mod history;
 mod patch;
 mod protocol;
+mod referral;
 mod search;
 mod tls;
 mod validation;
@@ -105,6 +106,8 @@ fn main() {
         auth::keys_come_from_a_jwks_url_and_rotate,
         audit::every_interaction_is_audited,
         audit::requests_no_route_takes_are_audited,
+        referral::referral_tasks_follow_the_state_machine,
+        referral::referral_packets_run_the_rules_in_a_transaction,
         audit::bundles_record_each_write_in_their_transaction,
         audit::audit_needs_its_own_scope_and_records_denials,
         audit::audit_failure_fails_the_request,
