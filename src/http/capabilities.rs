@@ -46,6 +46,12 @@ pub fn capability_statement(state: &AppState) -> Value {
                     "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
                 }],
             });
+            if ty.as_str() == "Patient" {
+                resource["operation"].as_array_mut().expect("an operation list").push(json!({
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                }));
+            }
             if state.registry.server_written(ty.as_str()) {
                 // The audit trail: read and search only, one version each.
                 for (key, value) in [

@@ -6,6 +6,7 @@ mod audited;
 mod authorize;
 mod bundle;
 mod capabilities;
+mod everything;
 mod history;
 mod interaction;
 mod negotiate;
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/{type}/_history", get(history::type_level))
         .route("/{type}/{id}", get(resource::read).put(write::update).patch(write::patch).delete(write::delete))
         .route("/{type}/{id}/$validate", post(write::validate_instance))
+        .route("/Patient/{id}/$everything", get(everything::everything))
         .route("/{type}/{id}/_history", get(history::instance))
         .route("/{type}/{id}/_history/{vid}", get(resource::vread))
         .route("/.well-known/smart-configuration", get(authorize::smart_configuration))

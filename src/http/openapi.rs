@@ -312,6 +312,21 @@ fn type_paths(registry: &Registry, ty: &str, search_params: &[Ref]) -> Vec<(Stri
                 .response("default", outcome()),
         ),
     ));
+    if ty == "Patient" {
+        out.push((
+            "/Patient/{id}/$everything".into(),
+            PathItem::new(
+                HttpMethod::Get,
+                operation("everythingPatient".into(), ty, "The patient and everything in their compartment")
+                    .parameter(id_param())
+                    .parameter(query("_count", "Entries per page", integer(0)))
+                    .parameter(query("_since", "Only resources changed since this instant", string()))
+                    .parameter(query("_type", "Comma-separated resource types to include", string()))
+                    .response("200", bundle())
+                    .response("default", outcome()),
+            ),
+        ));
+    }
     out.push((
         format!("/{ty}/{{id}}/$validate"),
         PathItem::new(

@@ -11,6 +11,7 @@ mod bundle;
 mod concurrency;
 mod conditional;
 mod crud;
+mod everything;
 mod examples;
 mod helpers;
 mod history;
@@ -107,6 +108,7 @@ fn main() {
         audit::every_interaction_is_audited,
         audit::requests_no_route_takes_are_audited,
         referral::referral_tasks_follow_the_state_machine,
+        everything::everything_returns_the_patients_compartment_in_pages,
         referral::referral_packets_run_the_rules_in_a_transaction,
         audit::bundles_record_each_write_in_their_transaction,
         audit::audit_needs_its_own_scope_and_records_denials,
