@@ -97,6 +97,23 @@ pub struct Config {
     #[arg(long, env = "LIAISON_ALLOW_INSECURE_EXPOSURE")]
     pub allow_insecure_exposure: bool,
 
+    /// Let Subscriptions notify plain `http://` endpoints (otherwise only `https://`).
+    #[arg(long, env = "LIAISON_SUBSCRIPTION_ALLOW_HTTP")]
+    pub subscription_allow_http: bool,
+
+    /// Secret for the `X-Liaison-Signature` header (HMAC-SHA256 of the notification id, a dot
+    /// and the body) on every notification; none when unset.
+    #[arg(long, env = "LIAISON_SUBSCRIPTION_HMAC_SECRET")]
+    pub subscription_hmac_secret: Option<String>,
+
+    /// Failed deliveries of one notification before its Subscription is set to `error`.
+    #[arg(long, env = "LIAISON_SUBSCRIPTION_MAX_ATTEMPTS", default_value_t = 10)]
+    pub subscription_max_attempts: u32,
+
+    /// The first retry's delay in milliseconds; each further one doubles it (at most an hour).
+    #[arg(long, env = "LIAISON_SUBSCRIPTION_RETRY_MS", default_value_t = 1000)]
+    pub subscription_retry_ms: u64,
+
     /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `liaison=debug,sqlx=warn`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log_level: String,
@@ -216,6 +233,10 @@ impl std::fmt::Debug for Config {
             .field("auth_issuer", &self.auth_issuer)
             .field("auth_audience", &self.auth_audience)
             .field("auth_jwks", &self.auth_jwks)
+            .field("subscription_allow_http", &self.subscription_allow_http)
+            .field("subscription_hmac_secret", &self.subscription_hmac_secret.as_ref().map(|_| "(set)"))
+            .field("subscription_max_attempts", &self.subscription_max_attempts)
+            .field("subscription_retry_ms", &self.subscription_retry_ms)
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
             .finish()

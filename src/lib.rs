@@ -27,6 +27,7 @@ pub mod http;
 pub mod serve;
 pub mod state;
 pub mod store;
+pub mod subscription;
 pub mod telemetry;
 pub mod tls;
 
@@ -70,7 +71,12 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         max_bundle_entries: config.max_bundle_entries as usize,
         max_body_bytes: config.max_body_bytes,
     };
-    let state = AppState::new(store, registry, base_url, limits);
+    let state = AppState::new(store, registry, base_url, limits).with_subscriptions(state::SubscriptionSettings {
+        allow_http: config.subscription_allow_http,
+        hmac_secret: config.subscription_hmac_secret.clone(),
+        max_attempts: config.subscription_max_attempts.max(1),
+        retry: std::time::Duration::from_millis(config.subscription_retry_ms),
+    });
     Ok(match config.auth_settings() {
         Some(settings) => {
             let auth = auth::jwt::Authenticator::new(settings).await.map_err(StartError::Auth)?;

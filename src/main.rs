@@ -37,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
     let tls = liaison::load_tls(&config).context("loading the TLS certificate")?;
     let state = liaison::build_state(&config).await.context("opening the database")?;
     tokio::spawn(liaison::maintain(state.clone()));
+    tokio::spawn(liaison::subscription::deliver(state.clone()));
     let app = liaison::app(state);
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await

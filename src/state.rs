@@ -26,6 +26,32 @@ pub struct Inner {
     pub smart: SmartEndpoints,
     /// The audit trail.
     pub audit: AuditLog,
+    /// How Subscription notifications are delivered.
+    pub subscriptions: SubscriptionSettings,
+}
+
+/// Delivery settings of rest-hook Subscriptions.
+#[derive(Clone, Default)]
+pub struct SubscriptionSettings {
+    /// Plain `http://` endpoints are accepted.
+    pub allow_http: bool,
+    /// The HMAC-SHA256 key of the signature header.
+    pub hmac_secret: Option<String>,
+    /// Failed deliveries before the Subscription is set to `error`.
+    pub max_attempts: u32,
+    /// The first retry's delay; each further one doubles it.
+    pub retry: std::time::Duration,
+}
+
+impl std::fmt::Debug for SubscriptionSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionSettings")
+            .field("allow_http", &self.allow_http)
+            .field("hmac_secret", &self.hmac_secret.as_ref().map(|_| "(set)"))
+            .field("max_attempts", &self.max_attempts)
+            .field("retry", &self.retry)
+            .finish()
+    }
 }
 
 /// The issuer's OAuth2 endpoints, as configured.
@@ -55,7 +81,24 @@ impl AppState {
     pub fn new(store: Store, registry: Registry, base_url: String, limits: Limits) -> Self {
         let (store, registry) = (Arc::new(store), Arc::new(registry));
         let audit = AuditLog::start(store.clone(), registry.clone(), base_url.clone());
-        Self(Arc::new(Inner { store, registry, base_url, limits, auth: None, smart: SmartEndpoints::default(), audit }))
+        let subscriptions = SubscriptionSettings::default();
+        Self(Arc::new(Inner {
+            store,
+            registry,
+            base_url,
+            limits,
+            auth: None,
+            smart: SmartEndpoints::default(),
+            audit,
+            subscriptions,
+        }))
+    }
+
+    /// The same state with these Subscription delivery settings.
+    pub fn with_subscriptions(self, subscriptions: SubscriptionSettings) -> Self {
+        let inner = Arc::try_unwrap(self.0)
+            .unwrap_or_else(|_| panic!("with_subscriptions is called before the state is shared"));
+        Self(Arc::new(Inner { subscriptions, ..inner }))
     }
 
     /// The same state with bearer-token authorization.

@@ -27,6 +27,7 @@ pub const SUPPORTED_TYPES: &[&str] = &[
     "PractitionerRole",
     "QuestionnaireResponse",
     "ServiceRequest",
+    "Subscription",
     "Task",
 ];
 

@@ -21,6 +21,7 @@ use crate::fhir::search::query::{self, Filter};
 use crate::fhir::{validate, workflow};
 use crate::state::AppState;
 use crate::store::{Change, Derived, Expect, StoreError, Version, WriteTx, Written};
+use crate::subscription;
 
 /// One write interaction on a resource of `ty`.
 #[derive(Debug)]
@@ -75,6 +76,8 @@ pub struct Done {
     /// whose compartment they are in.
     pub entities: Vec<String>,
     pub patients: Vec<String>,
+    /// A new version was stored (not a conditional create's existing match, nor a no-op).
+    pub changed: bool,
 }
 
 impl Done {
@@ -97,7 +100,8 @@ impl Done {
             Some(v) => format!("{ty}/{id}/_history/{}", v.version_id),
             None => format!("{ty}/{id}"),
         };
-        Self { status, version, message, entities: vec![entity], patients }
+        let changed = version.is_some();
+        Self { status, version, message, entities: vec![entity], patients, changed }
     }
 }
 
@@ -136,6 +140,9 @@ pub fn check_resource(
     let report = validate::validate(&state.registry.definitions, resource);
     if !report.issues.is_empty() {
         return Err(AppError::BadRequest(report.issues));
+    }
+    if ty.as_str() == "Subscription" {
+        subscription::check(state, resource)?;
     }
     let value = Value::Object(resource.clone());
     Ok(state.registry.derive(ty.as_str(), &value, report.references, &state.base_url))
@@ -212,8 +219,17 @@ pub fn confined_condition(
     Ok(filters)
 }
 
-/// Runs one write interaction inside `tx` for `caller`.
+/// Runs one write interaction inside `tx` for `caller`, and queues the Subscription
+/// notifications its new version triggers in the same transaction.
 pub async fn execute(state: &AppState, caller: &Principal, tx: &mut WriteTx, write: &Write) -> Result<Done, AppError> {
+    let done = apply(state, caller, tx, write).await?;
+    if let (true, Some(version)) = (done.changed, &done.version) {
+        subscription::notify(state, tx, write.ty, version).await?;
+    }
+    Ok(done)
+}
+
+async fn apply(state: &AppState, caller: &Principal, tx: &mut WriteTx, write: &Write) -> Result<Done, AppError> {
     let ty = write.ty;
     if state.registry.server_written(ty.as_str()) {
         return Err(AppError::MethodNotAllowed);
@@ -230,7 +246,7 @@ pub async fn execute(state: &AppState, caller: &Principal, tx: &mut WriteTx, wri
                     let entities = vec![format!("{ty}/{found}")];
                     let patients = patients_in(ty.as_str(), &found, &derived.index);
                     let message = format!("{ty}/{found} matched");
-                    return Ok(Done { status: StatusCode::OK, version, message, entities, patients });
+                    return Ok(Done { status: StatusCode::OK, version, message, entities, patients, changed: false });
                 }
             }
             let follow = referral_rules(state, caller, tx, ty, id, resource).await?;
@@ -353,7 +369,7 @@ pub async fn execute(state: &AppState, caller: &Principal, tx: &mut WriteTx, wri
             let entities = ids.iter().map(|id| format!("{ty}/{id}")).collect();
             let patients = ids.iter().flat_map(|id| patients_in(ty.as_str(), id, &[])).collect();
             let version = if ids.len() == 1 { last } else { None };
-            Ok(Done { status: StatusCode::NO_CONTENT, version, message, entities, patients })
+            Ok(Done { status: StatusCode::NO_CONTENT, version, message, entities, patients, changed: !ids.is_empty() })
         }
     }
 }
@@ -480,6 +496,7 @@ async fn follow_referral(
     let change = Change::Update { resource: request, expect: Expect::Version(current.version_id) };
     if let Written::Stored { version, .. } = tx.write(ty, &follow.service_request, change, (&derived).into()).await? {
         done.entities.push(format!("{ty}/{}/_history/{}", follow.service_request, version.version_id));
+        subscription::notify(state, tx, ty, &version).await?;
     }
     Ok(done)
 }

@@ -12,11 +12,13 @@
 //! requests.
 
 mod audit;
+mod outbox;
 pub mod search_sql;
 mod sql;
 mod write;
 
 pub use audit::{BrokenLink, ChainReport};
+pub use outbox::Notification;
 pub use write::{Change, Contended, Expect, WriteTx, Written, WRITE_ATTEMPTS};
 
 use std::collections::HashSet;

@@ -133,3 +133,8 @@ pub const HISTORY_INSTANCE: &str = "SELECT resource_type, id, version_id, last_u
      FROM resource_history WHERE resource_type = $1 AND id = $2 AND last_updated >= $3 \
      AND (last_updated, resource_type, id, version_id) < ($4, $5, $6, $7) \
      ORDER BY last_updated DESC, resource_type DESC, id DESC, version_id DESC LIMIT $8";
+
+/// The Subscriptions that can fire: not deleted, status requested or active (by the index).
+pub const SELECT_LIVE_SUBSCRIPTIONS: &str = "SELECT r.id, r.content FROM resources r \
+     WHERE r.resource_type = 'Subscription' AND NOT r.deleted AND r.id IN (SELECT t.resource_id FROM search_token t \
+     WHERE t.resource_type = 'Subscription' AND t.param = 'status' AND t.code IN ('requested', 'active'))";

@@ -10,6 +10,7 @@
 use serde_json::{Map, Value};
 use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
 
+use super::outbox::Notification;
 use super::search_sql::{self, Bind, Compiler};
 use super::sql::{self, Dialect, POSTGRES, SQLITE};
 use super::{bind_all, Db, Store, StoreError, Version, WriteExtras};
@@ -152,6 +153,56 @@ impl WriteTx {
             bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(&mut *conn).await?
         });
         Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Whether the current resource `ty/id` matches `filters`: a subscription's criteria,
+    /// checked against the change this transaction just wrote.
+    pub async fn matches(&mut self, ty: ResourceType, id: &str, filters: &[Filter]) -> Result<bool, StoreError> {
+        let mut filters = filters.to_vec();
+        filters.push(Filter::Id(vec![id.to_owned()]));
+        let clock = fhir::now_millis();
+        let rows: Vec<(String,)> = on_tx!(self.tx, |conn, dialect| {
+            let sql = Compiler::new(dialect, clock).ids(ty.as_str(), &filters, 1);
+            bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(&mut *conn).await?
+        });
+        Ok(!rows.is_empty())
+    }
+
+    /// Queues notifications (each: its id, subscription id, and the triggering `Type/id` version).
+    pub async fn enqueue(&mut self, notifications: &[Notification]) -> Result<(), StoreError> {
+        if notifications.is_empty() {
+            return Ok(());
+        }
+        let now = fhir::now_millis();
+        let rows = notifications
+            .iter()
+            .map(|n| {
+                vec![
+                    Bind::Text(n.id.clone()),
+                    Bind::Text(n.subscription_id.clone()),
+                    Bind::Text(n.resource_type.clone()),
+                    Bind::Text(n.resource_id.clone()),
+                    Bind::Int(n.version_id),
+                    Bind::Int(now),
+                    Bind::Int(now),
+                ]
+            })
+            .collect();
+        let columns =
+            ["id", "subscription_id", "resource_type", "resource_id", "version_id", "created_at", "next_attempt_at"];
+        on_tx!(self.tx, |conn, dialect| {
+            for statement in search_sql::insert_rows(dialect, "subscription_outbox", &columns, rows) {
+                bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;
+            }
+        });
+        Ok(())
+    }
+
+    /// The live Subscriptions (status requested or active): id and content each.
+    pub async fn live_subscriptions(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(on_tx!(self.tx, |conn, _dialect| {
+            sqlx::query_as(sql::SELECT_LIVE_SUBSCRIPTIONS).fetch_all(&mut *conn).await?
+        }))
     }
 
     /// The current version of a resource (a deletion when deleted), locked against concurrent

@@ -191,6 +191,10 @@ fn minimal(ty: &str, pid: &str) -> Option<Value> {
         "Condition" => json!({"resourceType": ty, "subject": subject}),
         "Observation" => json!({"resourceType": ty, "status": "final", "code": coded}),
         "QuestionnaireResponse" => json!({"resourceType": ty, "status": "completed"}),
+        "Subscription" => {
+            json!({"resourceType": ty, "status": "off", "reason": "referrals", "criteria": "Task?status=requested",
+            "channel": {"type": "rest-hook", "endpoint": "https://hooks.example.org/liaison"}})
+        }
         _ => return None,
     })
 }

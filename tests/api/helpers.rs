@@ -102,6 +102,8 @@ pub struct TestApp {
     pub backend: Backend,
     /// The database URL, to start a second server on the same data.
     pub database_url: String,
+    /// The server's state, for background work a test starts itself (notification delivery).
+    pub state: liaison::state::AppState,
 }
 
 /// A response, with the body read and parsed when it is JSON.
@@ -174,8 +176,8 @@ impl TestApp {
         config.db_max_connections = 4;
         configure(&mut config);
         let state = liaison::build_state(&config).await.expect("store opens and migrates");
-        let router = liaison::app(state);
-        Self { router, backend, database_url: database_url.to_owned() }
+        let router = liaison::app(state.clone());
+        Self { router, backend, database_url: database_url.to_owned(), state }
     }
 
     /// Runs SQL statements directly on this test's database (to set up states the API cannot).

@@ -19,6 +19,7 @@ mod patch;
 mod protocol;
 mod referral;
 mod search;
+mod subscription;
 mod tls;
 mod validation;
 
@@ -109,6 +110,10 @@ fn main() {
         audit::requests_no_route_takes_are_audited,
         referral::referral_tasks_follow_the_state_machine,
         everything::everything_returns_the_patients_compartment_in_pages,
+        subscription::notifications_reach_a_rest_hook,
+        subscription::notifications_survive_a_restart,
+        subscription::two_workers_deliver_each_notification_once,
+        subscription::a_failing_endpoint_sets_the_subscription_to_error,
         referral::referral_packets_run_the_rules_in_a_transaction,
         audit::bundles_record_each_write_in_their_transaction,
         audit::audit_needs_its_own_scope_and_records_denials,

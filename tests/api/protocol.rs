@@ -55,6 +55,7 @@ pub async fn metadata_lists_exactly_what_is_served(app: TestApp) {
         "PractitionerRole",
         "QuestionnaireResponse",
         "ServiceRequest",
+        "Subscription",
         "Task",
     ]
     .into();
