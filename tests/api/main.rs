@@ -115,6 +115,7 @@ fn main() {
         subscription::two_workers_deliver_each_notification_once,
         subscription::a_failing_endpoint_sets_the_subscription_to_error,
         referral::referral_packets_run_the_rules_in_a_transaction,
+        referral::care_coordination_scenario,
         audit::bundles_record_each_write_in_their_transaction,
         audit::audit_needs_its_own_scope_and_records_denials,
         audit::audit_failure_fails_the_request,

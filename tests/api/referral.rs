@@ -155,3 +155,178 @@ pub async fn referral_packets_run_the_rules_in_a_transaction(app: TestApp) {
     app.post("/fhir", &packet("requested")).await.expect(200);
     assert_eq!(app.get("Task?status=requested").await.json["total"], 1);
 }
+
+/// The care-coordination story end to end: a psychotherapist's assessment, a care plan with
+/// goals, a referral packet to a psychiatrist as one transaction, the psychiatrist's system
+/// notified over HTTP, acceptance, a follow-up encounter, the plan updated, a social worker
+/// joining the care team, a second referral rejected with a reason — and the audit trail of it.
+pub async fn care_coordination_scenario(app: TestApp) {
+    let receiver = crate::subscription::Receiver::start().await;
+    let server = crate::subscription::notifying(&app, 10).await;
+    tokio::spawn(liaison::subscription::deliver(server.state.clone()));
+    let s = Secured::new(&app).await;
+    let p = parties(&server).await;
+    let subject = json!({"reference": format!("Patient/{}", p.patient)});
+    let social_worker = id_of(&server, json!({"resourceType": "Practitioner", "name": [{"family": "Haddad"}]})).await;
+    let social_role = id_of(
+        &server,
+        json!({"resourceType": "PractitionerRole", "practitioner": {"reference": format!("Practitioner/{social_worker}")},
+            "code": [{"coding": [{"system": "http://snomed.info/sct", "code": "106328005", "display": "Social worker"}]}]}),
+    )
+    .await;
+    // The psychiatrist's system subscribes to referrals addressed to the psychiatrist.
+    let criteria = format!("Task?owner=PractitionerRole/{}", p.receiver_role);
+    server
+        .post("Subscription", &crate::subscription::subscription(&criteria, &receiver.url, "active"))
+        .await
+        .expect(201);
+
+    // The psychotherapist's assessment.
+    let therapist = s.user_token("user/*.cruds", &format!("PractitionerRole/{}", p.sender_role));
+    let post = |ty: &str, body: Value| {
+        let (s, therapist, ty) = (&s, therapist.clone(), ty.to_owned());
+        async move {
+            let r = s.send(&therapist, Method::POST, &ty, Some(body)).await;
+            r.expect(201);
+            r.json["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let encounter = post(
+        "Encounter",
+        json!({"resourceType": "Encounter", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}, "subject": subject,
+        "period": {"start": "2024-03-04T10:00:00Z", "end": "2024-03-04T11:00:00Z"}}),
+    )
+    .await;
+    let answers = post(
+        "QuestionnaireResponse",
+        json!({"resourceType": "QuestionnaireResponse", "status": "completed",
+        "questionnaire": "http://loinc.org/q/44249-1", "subject": subject,
+        "encounter": {"reference": format!("Encounter/{encounter}")},
+        "item": [{"linkId": "44261-6", "answer": [{"valueInteger": 17}]}]}),
+    )
+    .await;
+    let score = post(
+        "Observation",
+        json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "44261-6", "display": "PHQ-9 total score"}]},
+        "subject": subject, "encounter": {"reference": format!("Encounter/{encounter}")},
+        "derivedFrom": [{"reference": format!("QuestionnaireResponse/{answers}")}], "valueInteger": 17}),
+    )
+    .await;
+    let condition = post(
+        "Condition",
+        json!({"resourceType": "Condition", "subject": subject,
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "F32.1"}]},
+        "evidence": [{"detail": [{"reference": format!("Observation/{score}")}]}]}),
+    )
+    .await;
+    // The plan, its goals, and the care team.
+    let team = post("CareTeam", json!({"resourceType": "CareTeam", "status": "active", "subject": subject,
+        "participant": [{"role": [{"coding": [{"system": "http://snomed.info/sct", "code": "59944000", "display": "Psychologist"}]}],
+            "member": {"reference": format!("PractitionerRole/{}", p.sender_role)}}]})).await;
+    let mut goals = Vec::new();
+    for text in ["PHQ-9 below 10 within 12 weeks", "Back at work part-time"] {
+        goals.push(
+            post(
+                "Goal",
+                json!({"resourceType": "Goal", "lifecycleStatus": "active", "description": {"text": text},
+            "subject": subject, "addresses": [{"reference": format!("Condition/{condition}")}]}),
+            )
+            .await,
+        );
+    }
+    let plan = post(
+        "CarePlan",
+        json!({"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": subject,
+        "careTeam": [{"reference": format!("CareTeam/{team}")}],
+        "addresses": [{"reference": format!("Condition/{condition}")}],
+        "goal": goals.iter().map(|g| json!({"reference": format!("Goal/{g}")})).collect::<Vec<_>>()}),
+    )
+    .await;
+
+    // The referral packet, in one transaction.
+    let mut request = referral(&p);
+    request["reasonReference"] = json!([{"reference": format!("Condition/{condition}")}]);
+    request["supportingInfo"] = json!([{"reference": format!("Observation/{score}")}]);
+    let packet = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:2b7c1c1e-0000-4000-8000-0000000000aa", "request": {"method": "POST", "url": "ServiceRequest"},
+         "resource": request},
+        {"request": {"method": "POST", "url": "Task"}, "resource": {
+            "resourceType": "Task", "status": "requested", "intent": "order",
+            "focus": {"reference": "urn:uuid:2b7c1c1e-0000-4000-8000-0000000000aa"}, "for": subject,
+            "requester": {"reference": format!("PractitionerRole/{}", p.sender_role)},
+            "owner": {"reference": format!("PractitionerRole/{}", p.receiver_role)}}}]});
+    let done = s.send(&therapist, Method::POST, "/fhir", Some(packet)).await;
+    done.expect(200);
+    let location = |i: usize| done.json["entry"][i]["response"]["location"].as_str().unwrap().to_owned();
+    let request_id = location(0).split('/').nth(1).unwrap().to_owned();
+    let task_id = location(1).split('/').nth(1).unwrap().to_owned();
+    // The psychiatrist's system hears of it at once.
+    let heard = receiver.wait_for(1).await;
+    assert_eq!(serde_json::from_str::<Value>(&heard[0].body).unwrap()["id"], task_id.as_str());
+
+    // The psychiatrist accepts and sees the patient; the plan and the team move on.
+    let psychiatrist = s.user_token("user/*.cruds", &format!("Practitioner/{}", p.receiver));
+    let task = json!({"id": task_id});
+    for status in ["accepted", "in-progress"] {
+        assert_eq!(move_to(&s, &psychiatrist, &task, status, None).await, 200, "{status}");
+    }
+    assert_eq!(receiver.wait_for(3).await.len(), 3, "every change of the referral is notified");
+    let follow_up = s
+        .send(
+            &psychiatrist,
+            Method::POST,
+            "Encounter",
+            Some(json!({"resourceType": "Encounter", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}, "subject": subject,
+            "basedOn": [{"reference": format!("ServiceRequest/{request_id}")}]})),
+        )
+        .await;
+    follow_up.expect(201);
+    let mut updated = server.get(&format!("CarePlan/{plan}")).await.json;
+    updated["description"] = json!("Psychotherapy weekly; sertraline started after the psychiatric review");
+    s.send(&psychiatrist, Method::PUT, &format!("CarePlan/{plan}"), Some(updated)).await.expect(200);
+    let mut care_team = server.get(&format!("CareTeam/{team}")).await.json;
+    care_team["participant"].as_array_mut().unwrap().push(json!({
+        "role": [{"coding": [{"system": "http://snomed.info/sct", "code": "106328005", "display": "Social worker"}]}],
+        "member": {"reference": format!("PractitionerRole/{social_role}")}}));
+    s.send(&therapist, Method::PUT, &format!("CareTeam/{team}"), Some(care_team)).await.expect(200);
+    assert_eq!(move_to(&s, &psychiatrist, &task, "completed", None).await, 200);
+    assert_eq!(request_status(&server, &request_id).await, "completed");
+
+    // A second referral, to the social worker, is declined with a reason.
+    let mut housing = referral(&p);
+    housing["code"] = json!({"text": "Housing support"});
+    housing["performer"] = json!([{"reference": format!("PractitionerRole/{social_role}")}]);
+    let housing = post("ServiceRequest", housing).await;
+    let mut second = super::referral::task(&p, &housing, "requested");
+    second["owner"] = json!({"reference": format!("PractitionerRole/{social_role}")});
+    let second_id = post("Task", second).await;
+    let worker = s.user_token("user/*.cruds", &format!("PractitionerRole/{social_role}"));
+    let second = json!({"id": second_id});
+    assert_eq!(move_to(&s, &worker, &second, "rejected", None).await, 422, "a reason is required");
+    assert_eq!(move_to(&s, &worker, &second, "rejected", Some("Outside our catchment area")).await, 200);
+    assert_eq!(request_status(&server, &housing).await, "revoked");
+
+    // The audit trail tells the story: who did what to this patient's record.
+    let trail = server.get(&format!("AuditEvent?patient=Patient/{}&_count=200&_sort=date", p.patient)).await.json;
+    let events: Vec<&Value> = trail["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
+    let count = |subtype: &str| events.iter().filter(|e| e["subtype"][0]["code"] == subtype).count();
+    assert!(count("create") >= 12, "assessment, plan, goals, team, referral, follow-up: {}", count("create"));
+    assert!(count("update") >= 6, "task moves, plan, team: {}", count("update"));
+    let updates = events.iter().filter(|e| e["subtype"][0]["code"] == "update");
+    assert!(
+        updates.clone().all(|e| e["agent"][0]["who"]["identifier"]["value"] == "dr-rivera"),
+        "every change names the token's user"
+    );
+    let rejection = events
+        .iter()
+        .find(|e| {
+            e["subtype"][0]["code"] == "update"
+                && e["entity"].as_array().is_some_and(|es| es.iter().any(|x| x.to_string().contains(&housing)))
+        })
+        .expect("the rejection's event names the revoked referral");
+    assert_eq!(rejection["outcome"], "0");
+    assert_eq!(liaison::verify_audit(&liaison::Config::for_database(&app.database_url)).await.unwrap().broken, None);
+}

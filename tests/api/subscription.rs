@@ -12,24 +12,24 @@ use crate::helpers::{fixtures, TestApp};
 
 /// What the receiver saw: the notification id, the other headers it checks, and the body.
 #[derive(Debug, Clone)]
-struct Received {
+pub struct Received {
     id: String,
     focus: String,
     signature: Option<String>,
     authorization: Option<String>,
-    body: String,
+    pub body: String,
 }
 
 /// An HTTP endpoint on this machine that records notifications and answers with the status in
 /// `answer`.
-struct Receiver {
-    url: String,
+pub struct Receiver {
+    pub url: String,
     seen: Arc<Mutex<Vec<Received>>>,
     answer: Arc<Mutex<u16>>,
 }
 
 impl Receiver {
-    async fn start() -> Self {
+    pub async fn start() -> Self {
         let seen: Arc<Mutex<Vec<Received>>> = Arc::default();
         let answer = Arc::new(Mutex::new(200u16));
         let (s, a) = (seen.clone(), answer.clone());
@@ -61,7 +61,7 @@ impl Receiver {
     }
 
     /// Waits until `n` notifications arrived (at most ten seconds).
-    async fn wait_for(&self, n: usize) -> Vec<Received> {
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
         for _ in 0..200 {
             if self.seen().len() >= n {
                 break;
@@ -73,7 +73,7 @@ impl Receiver {
 }
 
 /// A server on `app`'s database that may notify plain-http endpoints, retries fast and signs.
-async fn notifying(app: &TestApp, max_attempts: u32) -> TestApp {
+pub async fn notifying(app: &TestApp, max_attempts: u32) -> TestApp {
     TestApp::connect_with(app.backend, &app.database_url, |c| {
         c.subscription_allow_http = true;
         c.subscription_retry_ms = 20;
@@ -83,7 +83,7 @@ async fn notifying(app: &TestApp, max_attempts: u32) -> TestApp {
     .await
 }
 
-fn subscription(criteria: &str, endpoint: &str, status: &str) -> Value {
+pub fn subscription(criteria: &str, endpoint: &str, status: &str) -> Value {
     json!({"resourceType": "Subscription", "status": status, "reason": "Referrals for the psychiatry clinic",
         "criteria": criteria,
         "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json",
