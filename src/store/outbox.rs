@@ -19,20 +19,14 @@ pub struct Notification {
     pub attempts: i32,
 }
 
-pub(super) const CLAIM: &str = "UPDATE subscription_outbox SET lease_until = $1 \
-     WHERE id IN (SELECT id FROM subscription_outbox WHERE next_attempt_at <= $2 AND lease_until <= $2 \
-                  ORDER BY next_attempt_at, created_at LIMIT $3) \
-       AND lease_until <= $2 \
-     RETURNING id, subscription_id, resource_type, resource_id, version_id, attempts";
-
 impl Store {
     /// Claims up to `limit` due notifications for `lease` milliseconds. A row is claimed by one
-    /// worker: the claim re-checks the lease on the row it updates, which PostgreSQL evaluates
-    /// against the latest row version when two replicas race.
+    /// worker: PostgreSQL locks the rows it picks and skips those another replica holds, and
+    /// the update re-checks the lease; SQLite has one writer.
     pub async fn claim_notifications(&self, lease: Millis, limit: i64) -> Result<Vec<Notification>, StoreError> {
         let now = fhir::now_millis();
-        Ok(on_db!(self, writer, |pool, _d| {
-            sqlx::query_as(CLAIM).bind(now + lease).bind(now).bind(limit).fetch_all(pool).await?
+        Ok(on_db!(self, writer, |pool, dialect| {
+            sqlx::query_as(dialect.claim_notifications).bind(now + lease).bind(now).bind(limit).fetch_all(pool).await?
         }))
     }
 

@@ -51,6 +51,22 @@ pub struct Dialect {
     /// Finds a live resource that a reference points at and keeps it from being deleted until
     /// the referring write commits.
     pub reference_exists: &'static str,
+    /// Claims due subscription notifications for a worker (`$1` lease end, `$2` now, `$3` how
+    /// many); on PostgreSQL the rows are locked and rows another replica is claiming skipped.
+    pub claim_notifications: &'static str,
+}
+
+/// The claim of due notifications, with the engine's row-locking clause at `{lock}`. The outer
+/// condition re-checks the lease on the row being updated.
+macro_rules! claim_notifications {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE subscription_outbox SET lease_until = $1 WHERE id IN (SELECT id FROM subscription_outbox ",
+            "WHERE next_attempt_at <= $2 AND lease_until <= $2 ORDER BY next_attempt_at, created_at LIMIT $3",
+            $lock,
+            ") AND lease_until <= $2 RETURNING id, subscription_id, resource_type, resource_id, version_id, attempts"
+        )
+    };
 }
 
 /// SQLite: `BEGIN IMMEDIATE` takes the write lock up front, so a transaction never fails to
@@ -66,6 +82,7 @@ pub const SQLITE: Dialect = Dialect {
     json_array_close: ")",
     reference_exists: "SELECT version_id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted",
     lock_audit_head: SELECT_AUDIT_HEAD,
+    claim_notifications: claim_notifications!(""),
 };
 
 /// PostgreSQL: advisory and row locks make concurrent replicas behave as one server.
@@ -81,6 +98,7 @@ pub const POSTGRES: Dialect = Dialect {
     json_array_close: ")::text",
     reference_exists: "SELECT version_id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted FOR SHARE",
     lock_audit_head: concat!(select_audit_head!(), " FOR UPDATE"),
+    claim_notifications: claim_notifications!(" FOR UPDATE SKIP LOCKED"),
 };
 
 /// Columns of [`super::Version`] from `resources`.

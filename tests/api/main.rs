@@ -112,6 +112,7 @@ fn main() {
         everything::everything_returns_the_patients_compartment_in_pages,
         subscription::notifications_reach_a_rest_hook,
         subscription::notifications_survive_a_restart,
+        subscription::notifications_outlive_a_killed_server,
         subscription::two_workers_deliver_each_notification_once,
         subscription::a_failing_endpoint_sets_the_subscription_to_error,
         referral::referral_packets_run_the_rules_in_a_transaction,

@@ -225,3 +225,85 @@ pub async fn a_failing_endpoint_sets_the_subscription_to_error(app: TestApp) {
     server.post("Task", &task(&patient, &clinic, "requested")).await.expect(201);
     assert_eq!(server.state.store.outbox_depth().await.unwrap(), 0);
 }
+
+/// A `liaison` server process on `app`'s database, listening on a free port.
+struct Process {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Process {
+    async fn start(app: &TestApp) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
+            .args(["--listen-addr", &format!("127.0.0.1:{port}"), "--database-url", &app.database_url])
+            .args(["--subscription-allow-http", "--subscription-retry-ms", "20", "--log-level", "error"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the liaison binary starts");
+        let process = Self { child, base: format!("http://127.0.0.1:{port}") };
+        for _ in 0..200 {
+            if process.request("GET", "/health/ready", None).await.is_ok_and(|(status, _)| status == 200) {
+                return process;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the server did not become ready");
+    }
+
+    async fn request(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+        use http_body_util::BodyExt;
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Full<hyper::body::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(hyper_util::client::legacy::connect::HttpConnector::new());
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/fhir+json")
+            .body(http_body_util::Full::new(body.map(|b| b.to_string()).unwrap_or_default().into()))
+            .unwrap();
+        let response = client.request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+}
+
+/// A server process is killed (SIGKILL) while the notifications of writes it acknowledged are
+/// still pending; the next process delivers every one.
+pub async fn notifications_outlive_a_killed_server(app: TestApp) {
+    let receiver = Receiver::start().await;
+    *receiver.answer.lock().unwrap() = 503;
+    let patient = app.create(fixtures::patient()).await["id"].as_str().unwrap().to_owned();
+    let clinic = app.create(json!({"resourceType": "Organization", "name": "Psychiatry"})).await;
+    let clinic = clinic["id"].as_str().unwrap().to_owned();
+    let mut first = Process::start(&app).await;
+    let criteria = format!("Task?owner=Organization/{clinic}");
+    let (status, _) = first
+        .request("POST", "/fhir/Subscription", Some(subscription(&criteria, &receiver.url, "active")))
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    let mut acknowledged = Vec::new();
+    for _ in 0..5 {
+        let (status, task) =
+            first.request("POST", "/fhir/Task", Some(task(&patient, &clinic, "requested"))).await.unwrap();
+        assert_eq!(status, 201);
+        acknowledged.push(task["id"].as_str().unwrap().to_owned());
+    }
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().unwrap();
+    assert!(receiver.seen().is_empty(), "the endpoint refused everything so far");
+
+    *receiver.answer.lock().unwrap() = 200;
+    let mut second = Process::start(&app).await;
+    let got = receiver.wait_for(5).await;
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+    let delivered: std::collections::BTreeSet<String> = got
+        .iter()
+        .map(|r| serde_json::from_str::<Value>(&r.body).unwrap()["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(delivered, acknowledged.into_iter().collect(), "every acknowledged change was notified");
+}
