@@ -114,6 +114,12 @@ pub struct Config {
     #[arg(long, env = "LIAISON_SUBSCRIPTION_RETRY_MS", default_value_t = 1000)]
     pub subscription_retry_ms: u64,
 
+    /// Seconds a worker holds the notifications it claimed; a crashed worker's claims pass to
+    /// another after this (keep it above the 15 s a delivery may take, or notifications may
+    /// be sent twice).
+    #[arg(long, env = "LIAISON_SUBSCRIPTION_LEASE_SECONDS", default_value_t = 30)]
+    pub subscription_lease_seconds: u64,
+
     /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `liaison=debug,sqlx=warn`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log_level: String,
@@ -237,6 +243,7 @@ impl std::fmt::Debug for Config {
             .field("subscription_hmac_secret", &self.subscription_hmac_secret.as_ref().map(|_| "(set)"))
             .field("subscription_max_attempts", &self.subscription_max_attempts)
             .field("subscription_retry_ms", &self.subscription_retry_ms)
+            .field("subscription_lease_seconds", &self.subscription_lease_seconds)
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
             .finish()

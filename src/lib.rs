@@ -76,6 +76,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         hmac_secret: config.subscription_hmac_secret.clone(),
         max_attempts: config.subscription_max_attempts.max(1),
         retry: std::time::Duration::from_millis(config.subscription_retry_ms),
+        lease: std::time::Duration::from_secs(config.subscription_lease_seconds.max(1)),
     });
     Ok(match config.auth_settings() {
         Some(settings) => {

@@ -41,6 +41,8 @@ pub struct SubscriptionSettings {
     pub max_attempts: u32,
     /// The first retry's delay; each further one doubles it.
     pub retry: std::time::Duration,
+    /// How long a worker holds the notifications it claimed.
+    pub lease: std::time::Duration,
 }
 
 impl std::fmt::Debug for SubscriptionSettings {
@@ -50,6 +52,7 @@ impl std::fmt::Debug for SubscriptionSettings {
             .field("hmac_secret", &self.hmac_secret.as_ref().map(|_| "(set)"))
             .field("max_attempts", &self.max_attempts)
             .field("retry", &self.retry)
+            .field("lease", &self.lease)
             .finish()
     }
 }

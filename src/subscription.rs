@@ -23,14 +23,16 @@ use crate::fhir::search::query::{self, Filter};
 use crate::state::AppState;
 use crate::store::{Change, Expect, Notification, StoreError, Version, WriteTx, Written};
 
-/// How long a worker holds claimed notifications before another may take them over.
-const LEASE_MS: i64 = 60_000;
-/// Notifications one worker claims at a time.
-const BATCH: i64 = 16;
+/// Notifications one worker claims at a time; they are delivered concurrently, so a batch
+/// takes as long as its slowest delivery (at most [`DELIVERY_TIMEOUT`] and [`DRAIN_TIMEOUT`]),
+/// well inside the lease.
+const BATCH: i64 = 8;
 /// How long an idle worker waits before looking again.
 const IDLE: Duration = Duration::from_millis(250);
-/// How long one delivery may take.
+/// How long one delivery may take to be answered.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long reading the answer's body may take.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest delay between two attempts.
 const MAX_DELAY: Duration = Duration::from_secs(3600);
 
@@ -51,14 +53,74 @@ pub fn check(state: &AppState, subscription: &Map<String, Value>) -> Result<(), 
         }
     }
     let endpoint = channel.get("endpoint").and_then(Value::as_str).unwrap_or_default();
-    let allowed =
-        endpoint.starts_with("https://") || (state.subscriptions.allow_http && endpoint.starts_with("http://"));
-    if !allowed || endpoint.parse::<hyper::Uri>().is_err() {
-        let need = if state.subscriptions.allow_http { "an http(s):// URL" } else { "an https:// URL" };
-        return Err(refuse("Subscription.channel.endpoint", format!("the endpoint must be {need}")));
-    }
+    endpoint_allowed(state, endpoint).map_err(|why| refuse("Subscription.channel.endpoint", why))?;
     let criteria = subscription.get("criteria").and_then(Value::as_str).unwrap_or_default();
     criteria_filters(state, criteria).map_err(|why| refuse("Subscription.criteria", why))?;
+    Ok(())
+}
+
+/// Whether the server may call `endpoint`: an `https://` URL of a host that is not this
+/// machine or a private network (so that a Subscription cannot make the server probe the
+/// network it sits in), unless `--subscription-allow-http` opens plain http and local
+/// addresses for development.
+fn endpoint_allowed(state: &AppState, endpoint: &str) -> Result<hyper::Uri, String> {
+    let uri: hyper::Uri = endpoint.parse().map_err(|_| "the endpoint is not a URL".to_owned())?;
+    let open = state.subscriptions.allow_http;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if open => {}
+        _ => {
+            return Err(
+                if open { "the endpoint must be an http(s) URL" } else { "the endpoint must be an https URL" }.into()
+            )
+        }
+    }
+    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err("the endpoint has no host".into());
+    }
+    let local = host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(internal);
+    if local && !open {
+        return Err("the endpoint must not be this machine or a private network address".into());
+    }
+    Ok(uri)
+}
+
+/// Loopback, private, link-local, unspecified or otherwise non-public addresses.
+fn internal(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1]) // carrier-grade NAT
+        }
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
+                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link-local
+                || v6.to_ipv4_mapped().is_some_and(|v4| internal(std::net::IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// Refuses an endpoint whose host resolves to an internal address (checked at delivery, since
+/// names can change what they point at).
+async fn resolves_publicly(state: &AppState, uri: &hyper::Uri) -> Result<(), String> {
+    if state.subscriptions.allow_http {
+        return Ok(());
+    }
+    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(443);
+    let addresses = tokio::net::lookup_host((host, port)).await.map_err(|_| "the endpoint's host does not resolve")?;
+    for address in addresses {
+        if internal(address.ip()) {
+            return Err("the endpoint resolves to an internal address".into());
+        }
+    }
     Ok(())
 }
 
@@ -85,7 +147,7 @@ pub async fn notify(state: &AppState, tx: &mut WriteTx, ty: ResourceType, versio
         return Ok(());
     }
     let mut queued = Vec::new();
-    for (subscription_id, content) in tx.live_subscriptions().await? {
+    for (subscription_id, content) in tx.live_subscriptions(ty).await? {
         let Ok(subscription) = serde_json::from_str::<Map<String, Value>>(&content) else { continue };
         let criteria = subscription.get("criteria").and_then(Value::as_str).unwrap_or_default();
         let Ok((watched, filters)) = criteria_filters(state, criteria) else { continue };
@@ -108,12 +170,13 @@ pub async fn notify(state: &AppState, tx: &mut WriteTx, ty: ResourceType, versio
 /// replica) may run against one database: each notification is claimed by one at a time.
 pub async fn deliver(state: AppState) {
     let client = client();
+    let lease = state.subscriptions.lease.as_millis() as i64;
     loop {
-        let claimed = match state.store.claim_notifications(LEASE_MS, BATCH).await {
+        let (until, claimed) = match state.store.claim_notifications(lease, BATCH).await {
             Ok(claimed) => claimed,
             Err(e) => {
                 tracing::warn!(error = %e, "claiming subscription notifications failed");
-                Vec::new()
+                (0, Vec::new())
             }
         };
         if claimed.is_empty() {
@@ -121,11 +184,17 @@ pub async fn deliver(state: AppState) {
             tokio::time::sleep(IDLE).await;
             continue;
         }
+        let mut batch = tokio::task::JoinSet::new();
         for notification in claimed {
-            if let Err(e) = deliver_one(&state, &client, &notification).await {
-                tracing::warn!(error = %e, subscription = %notification.subscription_id, "subscription bookkeeping failed");
-            }
+            let (state, client) = (state.clone(), client.clone());
+            batch.spawn(async move {
+                if let Err(e) = deliver_one(&state, &client, &notification, until).await {
+                    let subscription = &notification.subscription_id;
+                    tracing::warn!(error = %e, subscription = %subscription, "subscription bookkeeping failed");
+                }
+            });
         }
+        while batch.join_next().await.is_some() {}
     }
 }
 
@@ -156,7 +225,7 @@ fn client() -> Client {
 }
 
 /// Sends one notification and records the outcome.
-async fn deliver_one(state: &AppState, client: &Client, n: &Notification) -> Result<(), StoreError> {
+async fn deliver_one(state: &AppState, client: &Client, n: &Notification, lease: i64) -> Result<(), StoreError> {
     let Some(subscription_type) = state.registry.resource_type("Subscription") else { return Ok(()) };
     let subscription = match state.store.read(subscription_type, &n.subscription_id).await? {
         Some(v) if !v.is_deleted() => v.content.and_then(|c| serde_json::from_str::<Map<String, Value>>(&c).ok()),
@@ -176,19 +245,20 @@ async fn deliver_one(state: &AppState, client: &Client, n: &Notification) -> Res
         None => None,
     };
     match send(state, client, &subscription, n, payload).await {
-        Ok(()) => state.store.notification_delivered(&n.id).await,
+        Ok(()) => state.store.notification_delivered(&n.id, lease).await,
         Err(reason) => {
             let attempts = n.attempts as u32 + 1;
             tracing::warn!(subscription = %n.subscription_id, attempts, reason = %reason, "notification not delivered");
             if attempts >= state.subscriptions.max_attempts {
                 let why = format!("{attempts} deliveries failed; the last: {reason}");
-                set_status(state, subscription_type, &n.subscription_id, "error", Some(&why)).await?;
+                let live = ["requested", "active"];
+                set_status(state, subscription_type, &n.subscription_id, &live, "error", Some(&why)).await?;
                 state.store.drop_notifications(&n.subscription_id).await?;
                 return Ok(());
             }
             let delay = state.subscriptions.retry.saturating_mul(1 << attempts.min(20)).min(MAX_DELAY);
             let next = crate::fhir::now_millis() + delay.as_millis() as i64;
-            state.store.notification_failed(&n.id, next, &reason).await
+            state.store.notification_failed(&n.id, lease, next, &reason).await
         }
     }
 }
@@ -206,17 +276,18 @@ async fn send(
 ) -> Result<(), String> {
     let channel = subscription.get("channel").cloned().unwrap_or_default();
     let endpoint = channel.get("endpoint").and_then(Value::as_str).unwrap_or_default();
-    if !(endpoint.starts_with("https://") || (state.subscriptions.allow_http && endpoint.starts_with("http://"))) {
-        return Err("the endpoint is not an allowed URL".into());
-    }
+    let uri = endpoint_allowed(state, endpoint)?;
+    resolves_publicly(state, &uri).await?;
     let body = match channel.get("payload").and_then(Value::as_str) {
         Some(_) => payload.unwrap_or_default(),
         None => String::new(),
     };
-    let mut request = hyper::Request::post(endpoint)
+    let subscription_ref = format!("Subscription/{}", n.subscription_id);
+    let focus = format!("{}/{}/_history/{}", n.resource_type, n.resource_id, n.version_id);
+    let mut request = hyper::Request::post(uri)
         .header("x-liaison-notification-id", &n.id)
-        .header("x-liaison-subscription", format!("Subscription/{}", n.subscription_id))
-        .header("x-liaison-focus", format!("{}/{}/_history/{}", n.resource_type, n.resource_id, n.version_id));
+        .header("x-liaison-subscription", &subscription_ref)
+        .header("x-liaison-focus", &focus);
     if !body.is_empty() {
         request = request.header("content-type", "application/fhir+json");
     }
@@ -226,19 +297,23 @@ async fn send(
         }
     }
     if let Some(secret) = &state.subscriptions.hmac_secret {
-        let signed = [n.id.as_bytes(), b".", body.as_bytes()].concat();
-        request =
-            request.header("x-liaison-signature", format!("sha256={}", hex(&hmac_sha256(secret.as_bytes(), &signed))));
+        // Over the id, the subscription, the focus and the body, so none can be swapped.
+        let signed = format!("{}.{subscription_ref}.{focus}.{body}", n.id);
+        let mac = hmac_sha256(secret.as_bytes(), signed.as_bytes());
+        request = request.header("x-liaison-signature", format!("sha256={}", hex(&mac)));
     }
     let request =
         request.body(Full::new(Bytes::from(body))).map_err(|_| "the endpoint or a channel header is invalid")?;
     let response = tokio::time::timeout(DELIVERY_TIMEOUT, client.request(request))
         .await
         .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| format!("transport error: {e}"))?;
+        // The error's text may carry addresses of the network the server sits in: a category only.
+        .map_err(
+            |e| if e.is_connect() { "could not connect".to_owned() } else { "the connection failed".to_owned() },
+        )?;
     let status = response.status();
     // Drain the answer so the connection can be reused; its content does not matter.
-    let _ = tokio::time::timeout(DELIVERY_TIMEOUT, response.into_body().collect()).await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, response.into_body().collect()).await;
     if status.is_success() {
         Ok(())
     } else {
@@ -246,31 +321,23 @@ async fn send(
     }
 }
 
-/// Sets a `requested` Subscription `active` (subscription.html: the server activates it).
+/// Sets `requested` Subscriptions `active` (subscription.html: the server activates them).
 async fn activate_requested(state: &AppState) {
     let Some(ty) = state.registry.resource_type("Subscription") else { return };
-    let requested = match state.store.begin().await {
-        Ok(mut tx) => {
-            let found = tx.live_subscriptions().await;
-            let _ = tx.finish::<(), StoreError>(Ok(())).await;
-            found.unwrap_or_default()
-        }
-        Err(_) => return,
-    };
-    for (id, content) in requested {
-        if content.contains("\"status\":\"requested\"") {
-            if let Err(e) = set_status(state, ty, &id, "active", None).await {
-                tracing::warn!(error = %e, subscription = %id, "activating a subscription failed");
-            }
+    for id in state.store.requested_subscriptions().await.unwrap_or_default() {
+        if let Err(e) = set_status(state, ty, &id, &["requested"], "active", None).await {
+            tracing::warn!(error = %e, subscription = %id, "activating a subscription failed");
         }
     }
 }
 
-/// Writes a Subscription's status (and `error`) as a new version.
+/// Writes a Subscription's status (and `error`) as a new version, if its status is still one
+/// of `from` (a client may have switched it off meanwhile).
 async fn set_status(
     state: &AppState,
     ty: ResourceType,
     id: &str,
+    from: &[&str],
     status: &str,
     error: Option<&str>,
 ) -> Result<(), StoreError> {
@@ -279,6 +346,9 @@ async fn set_status(
         let Some(current) = tx.current(ty, id).await?.filter(|v| !v.is_deleted()) else { return Ok(()) };
         let mut content: Map<String, Value> =
             serde_json::from_str(current.content.as_deref().unwrap_or("{}")).map_err(|_| StoreError::Corrupt)?;
+        if !content.get("status").and_then(Value::as_str).is_some_and(|s| from.contains(&s)) {
+            return Ok(());
+        }
         content.insert("status".into(), Value::from(status));
         if let Some(error) = error {
             content.insert("error".into(), Value::from(error));
@@ -314,6 +384,28 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_addresses_are_told_apart() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "0.0.0.0",
+        ] {
+            assert!(internal(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["203.0.113.7", "8.8.8.8", "2001:db8::1"] {
+            assert!(!internal(ip.parse().unwrap()), "{ip}");
+        }
+    }
 
     #[test]
     fn hmac_matches_rfc_4231() {

@@ -22,3 +22,5 @@ CREATE TABLE subscription_outbox (
     CONSTRAINT subscription_outbox_pkey PRIMARY KEY (id)
 );
 CREATE INDEX subscription_outbox_due ON subscription_outbox (next_attempt_at, created_at);
+-- Dropping a subscription's queue (switched off, changed, failed for good).
+CREATE INDEX subscription_outbox_subscription ON subscription_outbox (subscription_id);

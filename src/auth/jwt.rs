@@ -172,7 +172,7 @@ impl Authenticator {
             subject: claims.sub,
             client_id: claims.client_id.or(claims.azp),
             patient: claims.patient,
-            fhir_user: claims.fhir_user.as_deref().and_then(local_user),
+            fhir_user: claims.fhir_user,
             scopes,
             ..Principal::default()
         })
@@ -291,29 +291,9 @@ async fn get(url: &str) -> Result<Vec<u8>, String> {
     Ok(bytes.to_vec())
 }
 
-/// `Type/id` of a `fhirUser` claim (`https://ehr.example/fhir/Practitioner/123` or
-/// `Practitioner/123`).
-fn local_user(claim: &str) -> Option<(String, String)> {
-    let path = claim.split("/_history/").next().unwrap_or(claim);
-    let mut parts = path.rsplit('/');
-    let id = parts.next().filter(|s| !s.is_empty())?;
-    let ty = parts.next().filter(|t| t.starts_with(|c: char| c.is_ascii_uppercase()))?;
-    Some((ty.to_owned(), id.to_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fhir_user_claims_name_a_local_resource() {
-        assert_eq!(local_user("Practitioner/p1"), Some(("Practitioner".into(), "p1".into())));
-        assert_eq!(
-            local_user("https://ehr.example/fhir/PractitionerRole/r-2"),
-            Some(("PractitionerRole".into(), "r-2".into()))
-        );
-        assert_eq!(local_user("p1"), None);
-    }
 
     #[tokio::test]
     async fn keys_are_fetched_in_the_clear_only_from_this_machine() {

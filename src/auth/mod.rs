@@ -103,7 +103,14 @@ impl Scope {
     }
 
     fn covers(&self, ty: &str, perm: Perm) -> bool {
-        let resource = self.resource == ty || (self.resource == "*" && ty != "AuditEvent");
+        // The audit trail and the Subscriptions (which carry receivers' credentials and can
+        // watch every patient's data) are granted only by scopes that name them, and never to
+        // a patient-facing app.
+        let named_only = matches!(ty, "AuditEvent" | "Subscription");
+        if named_only && self.context == Context::Patient {
+            return false;
+        }
+        let resource = self.resource == ty || (self.resource == "*" && !named_only);
         resource && self.perms & perm.bit() != 0
     }
 }
@@ -117,9 +124,9 @@ pub struct Principal {
     pub client_id: Option<String>,
     /// The token's `patient` claim: the compartment `patient/` scopes confine to.
     pub patient: Option<String>,
-    /// The token's `fhirUser` claim as a local `Type/id` (a Practitioner, PractitionerRole,
-    /// Patient, …): who the user is, for the referral workflow's rules.
-    pub fhir_user: Option<(String, String)>,
+    /// The token's `fhirUser` claim (`Practitioner/123`, or an absolute URL): who the user is,
+    /// for the referral workflow's rules; see [`Principal::user`].
+    pub fhir_user: Option<String>,
     pub scopes: Vec<Scope>,
     /// No authorization is configured: everything is allowed (loopback development only).
     pub unrestricted: bool,
@@ -151,6 +158,23 @@ impl Principal {
     /// The principal of a server without authorization.
     pub fn unrestricted() -> Self {
         Self { unrestricted: true, ..Self::default() }
+    }
+
+    /// The user as a resource of this server (`Type`, `id`): a relative `fhirUser`, or an
+    /// absolute one under `base_url`. A user of another server is none of this server's.
+    pub fn user(&self, base_url: &str) -> Option<(String, String)> {
+        let claim = self.fhir_user.as_deref()?;
+        let local = match claim.strip_prefix(base_url) {
+            Some(rest) => rest.strip_prefix('/')?,
+            None if claim.contains("://") => return None,
+            None => claim,
+        };
+        match local.split('/').collect::<Vec<_>>().as_slice() {
+            [ty, id] if ty.starts_with(|c: char| c.is_ascii_uppercase()) && !id.is_empty() => {
+                Some(((*ty).to_owned(), (*id).to_owned()))
+            }
+            _ => None,
+        }
     }
 
     /// Whether the token acts for a system rather than a user (only `system/` scopes).
@@ -211,6 +235,29 @@ pub fn compartment_params(ty: &str) -> Option<&'static [String]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fhir_user_names_a_resource_of_this_server_only() {
+        let user = |claim: &str| {
+            Principal { fhir_user: Some(claim.into()), ..Principal::default() }.user("https://fhir.example/fhir")
+        };
+        assert_eq!(user("Practitioner/p1"), Some(("Practitioner".into(), "p1".into())));
+        assert_eq!(
+            user("https://fhir.example/fhir/PractitionerRole/r-2"),
+            Some(("PractitionerRole".into(), "r-2".into()))
+        );
+        assert_eq!(user("https://other-ehr.example/fhir/Practitioner/p1"), None);
+        assert_eq!(user("p1"), None);
+    }
+
+    #[test]
+    fn patient_apps_never_reach_subscriptions_or_the_audit_trail() {
+        let scope = |text: &str| Scope::parse(text).unwrap();
+        assert!(!scope("patient/Subscription.cruds").covers("Subscription", Perm::Read));
+        assert!(!scope("user/*.cruds").covers("Subscription", Perm::Create));
+        assert!(scope("user/Subscription.cruds").covers("Subscription", Perm::Create));
+        assert!(!scope("system/*.rs").covers("AuditEvent", Perm::Search));
+    }
 
     fn principal(scopes: &str, patient: Option<&str>) -> Principal {
         Principal {

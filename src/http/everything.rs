@@ -36,6 +36,13 @@ pub async fn everything(
 ) -> Result<Response, AppError> {
     let patient_type = state.registry.resource_type("Patient").ok_or(AppError::MethodNotAllowed)?;
     check_readable(&state, &caller, "Patient", &id).await?;
+    // A confined caller's own record only: a Patient linked to theirs is in their compartment
+    // (Patient.link), but that patient's record is not.
+    if let Access::Compartment(c) = caller.access("Patient", Perm::Read) {
+        if c.patient != id {
+            return Err(AppError::Forbidden(format!("Patient/{id} is not the patient the token is for")));
+        }
+    }
     match state.store.read(patient_type, &id).await? {
         None => return Err(AppError::NotFound(format!("Patient/{id}"))),
         Some(v) if v.is_deleted() => return Err(AppError::Gone(format!("Patient/{id}"))),
@@ -74,7 +81,8 @@ pub async fn everything(
 
     let mut matches = Vec::new();
     let mut next = None;
-    while let Some(ty) = types.get(index).copied() {
+    // `_count=0` asks for no entries (and so no further pages).
+    while let Some(ty) = types.get(index).copied().filter(|_| count > 0) {
         let remaining = count.saturating_sub(matches.len() as u32);
         if remaining == 0 {
             next = Some(format!("{index}~"));

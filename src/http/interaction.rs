@@ -225,6 +225,10 @@ pub async fn execute(state: &AppState, caller: &Principal, tx: &mut WriteTx, wri
     let done = apply(state, caller, tx, write).await?;
     if let (true, Some(version)) = (done.changed, &done.version) {
         subscription::notify(state, tx, write.ty, version).await?;
+        if write.ty.as_str() == "Subscription" {
+            // What was queued was for its old criteria and channel.
+            tx.drop_queued(&version.id).await?;
+        }
     }
     Ok(done)
 }
@@ -381,9 +385,11 @@ struct FollowUp {
 }
 
 /// The referral workflow's rules for writing Task `id` as `task` (task.html#statemachine), when
-/// its focus is a referral ServiceRequest: the state machine (409 naming both statuses), the
-/// reason a rejection or cancellation needs (422), and who may make the change (403: the owner
-/// accepts or rejects, the requester cancels, judged by the stored version's parties). Returns
+/// it carries a referral (its focus, stored or new, is a referral ServiceRequest): the state
+/// machine (409 naming both statuses), the reason a rejection or cancellation needs (422), who
+/// may make the change (403: the owner accepts or rejects, the requester cancels, judged by the
+/// stored version's parties), and that focus and parties stay as they are (409). The caller
+/// must be allowed to read the referral, and to update it when the Task moves it along. Returns
 /// the status the ServiceRequest must follow with.
 async fn referral_rules(
     state: &AppState,
@@ -397,14 +403,26 @@ async fn referral_rules(
     if ty.as_str() != "Task" {
         return Ok(None);
     }
-    let Some(("ServiceRequest", sr_id)) = workflow::focus(task).as_ref().map(|(t, i)| (t.as_str(), i.clone())) else {
-        return Ok(None);
+    let stored = live_content(tx, ty, id).await?;
+    let referral = |t: &Map<String, Value>| match workflow::focus(t) {
+        Some((focus_type, focus_id)) if focus_type == "ServiceRequest" => Some(focus_id),
+        _ => None,
     };
+    // The stored focus decides when there is one: removing it does not escape the rules.
+    let Some(sr_id) = stored.as_ref().and_then(referral).or_else(|| referral(task)) else { return Ok(None) };
+    let rights = Rights(caller);
+    rights.existing(tx, service_request_type, &sr_id, Perm::Read).await?;
     let Some(request) = live_content(tx, service_request_type, &sr_id).await? else { return Ok(None) };
     if !workflow::is_referral(&request) {
         return Ok(None);
     }
-    let stored = live_content(tx, ty, id).await?;
+    if let Some(stored) = &stored {
+        for element in ["focus", "owner", "requester"] {
+            if workflow::local_reference(stored, element) != workflow::local_reference(task, element) {
+                return Err(AppError::Conflict(format!("the {element} of a referral Task cannot change")));
+            }
+        }
+    }
     let from = stored.as_ref().map(|t| workflow::status(t).to_owned());
     let to = workflow::status(task);
     workflow::check_transition(from.as_deref(), to, task).map_err(|refusal| match refusal {
@@ -421,6 +439,9 @@ async fn referral_rules(
     let follow = workflow::service_request_status(to)
         .filter(|s| request.get("status").and_then(Value::as_str) != Some(*s))
         .map(|status| FollowUp { service_request: sr_id, status });
+    if let Some(follow) = &follow {
+        rights.existing(tx, service_request_type, &follow.service_request, Perm::Update).await?;
+    }
     Ok(follow)
 }
 
@@ -439,16 +460,18 @@ async fn check_party(
         workflow::Party::Requester => ("requester", "the requester (sender)"),
         workflow::Party::Either => return Ok(()),
     };
-    let Some(user) = &caller.fhir_user else {
+    let Some(user) = caller.user(&state.base_url) else {
         return if caller.unrestricted || caller.is_system() {
             Ok(())
         } else {
-            Err(AppError::Forbidden(format!("only {role} may make a referral Task {to}; the token names no fhirUser")))
+            Err(AppError::Forbidden(format!(
+                "only {role} may make a referral Task {to}; the token names no user of this server (fhirUser)"
+            )))
         };
     };
     let party = workflow::local_reference(stored, element);
     if let Some((party_type, party_id)) = &party {
-        if acts_for(state, tx, user, party_type, party_id).await? {
+        if acts_for(state, tx, &user, party_type, party_id).await? {
             return Ok(());
         }
     }

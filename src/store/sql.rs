@@ -152,7 +152,15 @@ pub const HISTORY_INSTANCE: &str = "SELECT resource_type, id, version_id, last_u
      AND (last_updated, resource_type, id, version_id) < ($4, $5, $6, $7) \
      ORDER BY last_updated DESC, resource_type DESC, id DESC, version_id DESC LIMIT $8";
 
-/// The Subscriptions that can fire: not deleted, status requested or active (by the index).
+/// The Subscriptions that can fire: not deleted, status requested or active, and (`$1`, `$2`:
+/// the normalised criteria `type` or `type?%`) watching one type, all by the search index.
 pub const SELECT_LIVE_SUBSCRIPTIONS: &str = "SELECT r.id, r.content FROM resources r \
      WHERE r.resource_type = 'Subscription' AND NOT r.deleted AND r.id IN (SELECT t.resource_id FROM search_token t \
-     WHERE t.resource_type = 'Subscription' AND t.param = 'status' AND t.code IN ('requested', 'active'))";
+     WHERE t.resource_type = 'Subscription' AND t.param = 'status' AND t.code IN ('requested', 'active')) \
+     AND r.id IN (SELECT c.resource_id FROM search_string c WHERE c.resource_type = 'Subscription' \
+     AND c.param = 'criteria' AND (c.normalized = $1 OR c.normalized LIKE $2))";
+
+/// The Subscriptions with status requested, to activate.
+pub const SELECT_REQUESTED_SUBSCRIPTIONS: &str = "SELECT r.id FROM resources r \
+     WHERE r.resource_type = 'Subscription' AND NOT r.deleted AND r.id IN (SELECT t.resource_id FROM search_token t \
+     WHERE t.resource_type = 'Subscription' AND t.param = 'status' AND t.code = 'requested')";

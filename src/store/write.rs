@@ -198,11 +198,26 @@ impl WriteTx {
         Ok(())
     }
 
-    /// The live Subscriptions (status requested or active): id and content each.
-    pub async fn live_subscriptions(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+    /// The live Subscriptions (status requested or active) whose criteria search `ty`: id and
+    /// content each.
+    pub async fn live_subscriptions(&mut self, ty: ResourceType) -> Result<Vec<(String, String)>, StoreError> {
+        let exact = ty.as_str().to_lowercase();
+        let with_query = format!("{exact}?%");
         Ok(on_tx!(self.tx, |conn, _dialect| {
-            sqlx::query_as(sql::SELECT_LIVE_SUBSCRIPTIONS).fetch_all(&mut *conn).await?
+            sqlx::query_as(sql::SELECT_LIVE_SUBSCRIPTIONS).bind(&exact).bind(&with_query).fetch_all(&mut *conn).await?
         }))
+    }
+
+    /// Drops the queued notifications of a subscription that this transaction changes: they
+    /// were for its old criteria and channel.
+    pub async fn drop_queued(&mut self, subscription_id: &str) -> Result<(), StoreError> {
+        on_tx!(self.tx, |conn, _dialect| {
+            sqlx::query("DELETE FROM subscription_outbox WHERE subscription_id = $1")
+                .bind(subscription_id)
+                .execute(&mut *conn)
+                .await?;
+        });
+        Ok(())
     }
 
     /// The current version of a resource (a deletion when deleted), locked against concurrent

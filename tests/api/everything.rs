@@ -81,6 +81,8 @@ pub async fn everything_returns_the_patients_compartment_in_pages(app: TestApp) 
     let (some, _) = all_pages(&app, &format!("{alice}/$everything?_type=CarePlan,Goal")).await;
     assert_eq!(some.len(), 2);
     assert!(some.iter().all(|r| r.starts_with("CarePlan/") || r.starts_with("Goal/")));
+    let none = app.get(&format!("{alice}/$everything?_count=0")).await.json;
+    assert!(none["link"].as_array().unwrap().iter().all(|l| l["relation"] != "next"), "{none}");
     app.get(&format!("{alice}/$everything?_type=Spaceship")).await.expect(400);
     app.get(&format!("{alice}/$everything?_cursor=bogus")).await.expect(400);
     app.get("Patient/nobody/$everything").await.expect(404);

@@ -77,20 +77,44 @@ pub async fn referral_tasks_follow_the_state_machine(app: TestApp) {
     let s = Secured::new(&app).await;
     let sender = s.user_token("user/*.cruds", &format!("PractitionerRole/{}", p.sender_role));
     // The psychiatrist signs in as a Practitioner and acts for the role the referral names.
-    let receiver = s.user_token("user/*.cruds", &format!("https://idp.example.org/fhir/Practitioner/{}", p.receiver));
+    let receiver = s.user_token("user/*.cruds", &format!("{}/Practitioner/{}", crate::helpers::BASE, p.receiver));
     let stranger = s.user_token("user/*.cruds", "Practitioner/someone-else");
+    // The same id on another server is someone else.
+    let impostor = s.user_token("user/*.cruds", &format!("https://other-ehr.example/fhir/Practitioner/{}", p.receiver));
 
     let request = id_of(&app, referral(&p)).await;
     // A referral Task starts as draft or requested.
     let r = s.send(&sender, Method::POST, "Task", Some(task(&p, &request, "accepted"))).await;
     r.expect(409);
     assert!(r.text.contains("draft or requested"), "{}", r.text);
+    // A patient app cannot hang a Task on another patient's referral (to revoke it, say).
+    let other = id_of(&app, fixtures::patient()).await;
+    let other_app = s.token("patient/*.cruds", Some(&other));
+    let mut foreign = task(&p, &request, "requested");
+    foreign["for"] = json!({"reference": format!("Patient/{other}")});
+    foreign.as_object_mut().unwrap().remove("requester");
+    s.send(&other_app, Method::POST, "Task", Some(foreign)).await.expect(403);
     let created = s.send(&sender, Method::POST, "Task", Some(task(&p, &request, "requested"))).await;
     created.expect(201);
     let t = created.json;
 
     // Only the owner accepts; a skipped step names both statuses.
     assert_eq!(move_to(&s, &stranger, &t, "accepted", None).await, 403);
+    assert_eq!(move_to(&s, &impostor, &t, "accepted", None).await, 403);
+    // The parties and the focus of a referral stay as they are: no taking it over, no escaping
+    // the rules by dropping the focus.
+    for (element, value) in
+        [("owner", json!({"reference": format!("PractitionerRole/{}", p.sender_role)})), ("focus", Value::Null)]
+    {
+        let mut hijack = s.get(&sender, &format!("Task/{}", t["id"].as_str().unwrap())).await.json;
+        match value {
+            Value::Null => hijack.as_object_mut().unwrap().remove(element),
+            v => hijack.as_object_mut().unwrap().insert(element.into(), v),
+        };
+        let r = s.send(&sender, Method::PUT, &format!("Task/{}", t["id"].as_str().unwrap()), Some(hijack)).await;
+        r.expect(409);
+        assert!(r.text.contains(element), "{}", r.text);
+    }
     assert_eq!(move_to(&s, &sender, &t, "accepted", None).await, 403);
     let skip = {
         let mut next = t.clone();

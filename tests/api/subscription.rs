@@ -60,9 +60,9 @@ impl Receiver {
         self.seen.lock().unwrap().clone()
     }
 
-    /// Waits until `n` notifications arrived (at most ten seconds).
+    /// Waits until `n` notifications arrived (at most thirty seconds).
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
-        for _ in 0..200 {
+        for _ in 0..600 {
             if self.seen().len() >= n {
                 break;
             }
@@ -109,6 +109,27 @@ pub async fn notifications_reach_a_rest_hook(app: TestApp) {
     server.post("Subscription", &email).await.expect(422);
     server.post("Subscription", &subscription("Task?colour=blue", &receiver.url, "requested")).await.expect(422);
     app.post("Subscription", &subscription("Task?status=requested", &receiver.url, "requested")).await.expect(422);
+    // Without the development flag, only https endpoints outside this machine and its networks.
+    for endpoint in
+        ["https://10.0.0.5/hook", "https://localhost:8443/hook", "https://[::1]/hook", "https://169.254.169.254/"]
+    {
+        let r = app.post("Subscription", &subscription("Task?status=requested", endpoint, "requested")).await;
+        r.expect(422);
+        assert!(r.text.contains("Subscription.channel.endpoint"), "{endpoint}: {}", r.text);
+    }
+    app.post("Subscription", &subscription("Task?status=requested", "https://hooks.example.org/x", "off"))
+        .await
+        .expect(201);
+    // Subscriptions are for systems and users whose scopes name them, never patient apps.
+    let s = crate::auth::Secured::new(&app).await;
+    let open = subscription("Observation", "https://hooks.example.org/all", "requested");
+    let patient_app = s.token("patient/*.cruds patient/Subscription.cruds", Some(&patient));
+    s.send(&patient_app, axum::http::Method::POST, "Subscription", Some(open.clone())).await.expect(403);
+    s.send(&s.token("user/*.cruds", None), axum::http::Method::POST, "Subscription", Some(open.clone()))
+        .await
+        .expect(403);
+    let integration = s.token("system/Subscription.cruds", None);
+    s.send(&integration, axum::http::Method::POST, "Subscription", Some(open)).await.expect(201);
     let criteria = format!("Task?owner=Organization/{clinic}&status=requested");
     let sub = server.post("Subscription", &subscription(&criteria, &receiver.url, "requested")).await;
     sub.expect(201);
@@ -237,7 +258,9 @@ impl Process {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
             .args(["--listen-addr", &format!("127.0.0.1:{port}"), "--database-url", &app.database_url])
-            .args(["--subscription-allow-http", "--subscription-retry-ms", "20", "--log-level", "error"])
+            .args(["--subscription-allow-http", "--subscription-retry-ms", "20", "--subscription-max-attempts", "1000"])
+            // Claims of the killed process pass to the next one after a second.
+            .args(["--subscription-lease-seconds", "1", "--log-level", "error"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
