@@ -16,6 +16,8 @@ use hyper::body::Bytes;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::audit::AuditRecord;
+use crate::auth::Principal;
 use crate::error::AppError;
 use crate::fhir::outcome::{Issue, IssueType};
 use crate::fhir::registry::ResourceType;
@@ -355,9 +357,21 @@ async fn set_status(
         }
         let derived = state.registry.derive(ty.as_str(), &Value::Object(content.clone()), Vec::new(), &state.base_url);
         let change = Change::Update { resource: content, expect: Expect::Version(current.version_id) };
-        match tx.write(ty, id, change, (&derived).into()).await? {
-            Written::Stored { .. } | Written::Unchanged => Ok(()),
+        if let Written::Stored { version, .. } = tx.write(ty, id, change, (&derived).into()).await? {
+            // The server's own change is in the audit trail like any other, in its transaction.
+            let worker = Principal { subject: Some("liaison:subscription-worker".into()), ..Principal::default() };
+            let record = AuditRecord {
+                interaction: "update",
+                action: "U",
+                status: 200,
+                caller: Some(worker),
+                resource_type: Some(ty.as_str().to_owned()),
+                entities: vec![format!("{ty}/{id}/_history/{}", version.version_id)],
+                ..AuditRecord::default()
+            };
+            state.audit.record_in(&mut tx, &record).await?;
         }
+        Ok(())
     }
     .await;
     tx.finish(result).await

@@ -155,6 +155,9 @@ pub async fn notifications_reach_a_rest_hook(app: TestApp) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(server.get(&format!("Subscription/{sub_id}")).await.json["status"], "active");
+    let trail = server.get(&format!("AuditEvent?entity=Subscription/{sub_id}&subtype=update")).await.json;
+    let worker = &trail["entry"][0]["resource"]["agent"][0]["who"]["identifier"]["value"];
+    assert_eq!(worker, "liaison:subscription-worker", "the activation is audited: {trail}");
 
     // A failing endpoint is retried until it accepts; the notification keeps its id.
     *receiver.answer.lock().unwrap() = 503;
