@@ -345,9 +345,7 @@ async fn set_status(
 ) -> Result<(), StoreError> {
     let mut tx = state.store.begin().await?;
     let result = async {
-        let Some(current) = tx.current(ty, id).await?.filter(|v| !v.is_deleted()) else { return Ok(()) };
-        let mut content: Map<String, Value> =
-            serde_json::from_str(current.content.as_deref().unwrap_or("{}")).map_err(|_| StoreError::Corrupt)?;
+        let Some((version_id, mut content)) = tx.live(ty, id).await? else { return Ok(()) };
         if !content.get("status").and_then(Value::as_str).is_some_and(|s| from.contains(&s)) {
             return Ok(());
         }
@@ -356,7 +354,7 @@ async fn set_status(
             content.insert("error".into(), Value::from(error));
         }
         let derived = state.registry.derive(ty.as_str(), &Value::Object(content.clone()), Vec::new(), &state.base_url);
-        let change = Change::Update { resource: content, expect: Expect::Version(current.version_id) };
+        let change = Change::Update { resource: content, expect: Expect::Version(version_id) };
         if let Written::Stored { version, .. } = tx.write(ty, id, change, (&derived).into()).await? {
             // The server's own change is in the audit trail like any other, in its transaction.
             let worker = Principal { subject: Some("liaison:subscription-worker".into()), ..Principal::default() };

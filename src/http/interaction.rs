@@ -403,7 +403,7 @@ async fn referral_rules(
     if ty.as_str() != "Task" {
         return Ok(None);
     }
-    let stored = live_content(tx, ty, id).await?;
+    let stored = tx.live(ty, id).await?.map(|(_, c)| c);
     let referral = |t: &Map<String, Value>| match workflow::focus(t) {
         Some((focus_type, focus_id)) if focus_type == "ServiceRequest" => Some(focus_id),
         _ => None,
@@ -412,7 +412,7 @@ async fn referral_rules(
     let Some(sr_id) = stored.as_ref().and_then(referral).or_else(|| referral(task)) else { return Ok(None) };
     let rights = Rights(caller);
     rights.existing(tx, service_request_type, &sr_id, Perm::Read).await?;
-    let Some(request) = live_content(tx, service_request_type, &sr_id).await? else { return Ok(None) };
+    let Some(request) = tx.live(service_request_type, &sr_id).await?.map(|(_, c)| c) else { return Ok(None) };
     if !workflow::is_referral(&request) {
         return Ok(None);
     }
@@ -496,7 +496,7 @@ async fn acts_for(
         ("PractitionerRole", "Organization") => (user.1.as_str(), "organization", ("Organization", party_id)),
         _ => return Ok(false),
     };
-    let role = live_content(tx, roles, role_id).await?;
+    let role = tx.live(roles, role_id).await?.map(|(_, c)| c);
     Ok(role.and_then(|r| workflow::local_reference(&r, element)).is_some_and(|(t, i)| t == wanted.0 && i == wanted.1))
 }
 
@@ -509,27 +509,15 @@ async fn follow_referral(
     mut done: Done,
 ) -> Result<Done, AppError> {
     let (Some(follow), Some(ty)) = (follow, state.registry.resource_type("ServiceRequest")) else { return Ok(done) };
-    let Some(current) = tx.current(ty, &follow.service_request).await?.filter(|v| !v.is_deleted()) else {
-        return Ok(done);
-    };
-    let mut request: Map<String, Value> = serde_json::from_str(current.content.as_deref().unwrap_or("{}"))
-        .map_err(|_| AppError::Internal(StoreError::Corrupt))?;
+    let Some((version_id, mut request)) = tx.live(ty, &follow.service_request).await? else { return Ok(done) };
     request.insert("status".into(), Value::from(follow.status));
     let derived = check_resource(state, ty, &request, Some(&follow.service_request))?;
-    let change = Change::Update { resource: request, expect: Expect::Version(current.version_id) };
+    let change = Change::Update { resource: request, expect: Expect::Version(version_id) };
     if let Written::Stored { version, .. } = tx.write(ty, &follow.service_request, change, (&derived).into()).await? {
         done.entities.push(format!("{ty}/{}/_history/{}", follow.service_request, version.version_id));
         subscription::notify(state, tx, ty, &version).await?;
     }
     Ok(done)
-}
-
-/// The stored content of `ty/id`, unless it does not exist or is deleted.
-async fn live_content(tx: &mut WriteTx, ty: ResourceType, id: &str) -> Result<Option<Map<String, Value>>, AppError> {
-    let Some(version) = tx.current(ty, id).await?.filter(|v| !v.is_deleted()) else { return Ok(None) };
-    serde_json::from_str(version.content.as_deref().unwrap_or("{}"))
-        .map(Some)
-        .map_err(|_| AppError::Internal(StoreError::Corrupt))
 }
 
 /// The id of the one current resource matching `filters`, if any; 412 when several match.

@@ -228,6 +228,15 @@ impl WriteTx {
         }))
     }
 
+    /// The live content of `ty/id` and its version id, locked like [`Self::current`]; `None`
+    /// when it does not exist or is deleted.
+    pub async fn live(&mut self, ty: ResourceType, id: &str) -> Result<Option<(i64, Map<String, Value>)>, StoreError> {
+        let Some(version) = self.current(ty, id).await?.filter(|v| !v.is_deleted()) else { return Ok(None) };
+        let content =
+            serde_json::from_str(version.content.as_deref().unwrap_or("{}")).map_err(|_| StoreError::Corrupt)?;
+        Ok(Some((version.version_id, content)))
+    }
+
     /// Locks the resources a transaction is about to write, in one global order, so that
     /// transactions writing overlapping sets queue instead of deadlocking (PostgreSQL waits a
     /// second before it detects a deadlock). SQLite has one writer and needs none.
