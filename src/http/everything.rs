@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 
 use super::authorize::{check_readable, Caller};
 use super::negotiate::{query_pairs, Format};
+use super::search::page_url;
 use crate::audit::AuditDetail;
 use crate::auth::{compartment_params, Access, Perm};
 use crate::error::AppError;
@@ -114,18 +115,8 @@ pub async fn everything(
     }
 
     let base = &state.base_url;
-    let link = |cursor: Option<&str>| {
-        let mut kept: Vec<(&str, &str)> =
-            pairs.iter().filter(|(k, _)| k != "_cursor").map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        kept.extend(cursor.map(|c| ("_cursor", c)));
-        let query = serde_urlencoded::to_string(&kept).unwrap_or_default();
-        let url = format!("{base}/Patient/{id}/$everything");
-        if query.is_empty() {
-            url
-        } else {
-            format!("{url}?{query}")
-        }
-    };
+    let path = format!("Patient/{id}/$everything");
+    let link = |cursor: Option<&str>| page_url(base, &path, &pairs, cursor);
     let mut bundle = Bundle::new("searchset").link("self", link(None));
     if let Some(n) = &next {
         bundle = bundle.link("next", link(Some(n)));

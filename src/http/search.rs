@@ -117,16 +117,16 @@ async fn search(
     let included = includes(state, caller, ty, &q, &page.matches).await?;
 
     let base = &state.base_url;
-    let self_url = page_url(base, ty, &pairs, None);
+    let self_url = page_url(base, ty.as_str(), &pairs, None);
     let mut bundle = Bundle::new("searchset").link("self", self_url);
     if let Some(total) = page.total {
         bundle = bundle.total(u64::try_from(total).unwrap_or_default());
     }
     if let Some(next) = &page.next {
-        bundle = bundle.link("next", page_url(base, ty, &pairs, Some(next)));
+        bundle = bundle.link("next", page_url(base, ty.as_str(), &pairs, Some(next)));
     }
     if let Some(previous) = &page.previous {
-        bundle = bundle.link("previous", page_url(base, ty, &pairs, Some(previous)));
+        bundle = bundle.link("previous", page_url(base, ty.as_str(), &pairs, Some(previous)));
     }
     let shaped: Vec<Box<RawValue>> = page.matches.iter().chain(&included).map(|v| shape(state, v, &q)).collect();
     let outcome = (!q.ignored.is_empty()).then(|| {
@@ -173,8 +173,9 @@ async fn readable(state: &AppState, caller: &Principal, versions: Vec<Version>) 
     Ok(versions.into_iter().filter(|v| allowed.contains(&(v.resource_type.clone(), v.id.clone()))).collect())
 }
 
-/// The URL of this search, with `_cursor` set to `cursor` (for `next`) or left out.
-fn page_url(base: &str, ty: ResourceType, pairs: &[(String, String)], cursor: Option<&str>) -> String {
+/// The URL `{base}/{path}` with this request's parameters, `_cursor` set to `cursor` (for
+/// `next` and `previous`) or left out.
+pub(super) fn page_url(base: &str, path: &str, pairs: &[(String, String)], cursor: Option<&str>) -> String {
     let mut kept: Vec<(&str, &str)> =
         pairs.iter().filter(|(k, _)| k != "_cursor").map(|(k, v)| (k.as_str(), v.as_str())).collect();
     if let Some(c) = cursor {
@@ -182,9 +183,9 @@ fn page_url(base: &str, ty: ResourceType, pairs: &[(String, String)], cursor: Op
     }
     let query = serde_urlencoded::to_string(&kept).unwrap_or_default();
     if query.is_empty() {
-        format!("{base}/{ty}")
+        format!("{base}/{path}")
     } else {
-        format!("{base}/{ty}?{query}")
+        format!("{base}/{path}?{query}")
     }
 }
 
