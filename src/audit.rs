@@ -22,6 +22,8 @@ use crate::fhir::search::index::IndexEntry;
 use crate::store::{Store, StoreError, WriteTx};
 use crate::{fhir, in_transaction};
 
+const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+
 /// The most records one audit transaction takes.
 const BATCH: usize = 256;
 
@@ -47,6 +49,13 @@ pub struct AuditRecord {
     pub query: Option<String>,
     /// Ids of the patients concerned.
     pub patients: Vec<String>,
+    /// Resources withheld from the caller by disclosure (labels, Consent).
+    pub withheld: Vec<String>,
+    /// The caller broke the glass, for this reason.
+    pub break_glass: Option<String>,
+    /// This record is the security alert of a break-glass access (its entities are everything
+    /// disclosed), not the record of the interaction.
+    pub alert: bool,
 }
 
 /// What a handler tells the audit layer about its request (a response extension).
@@ -54,6 +63,10 @@ pub struct AuditRecord {
 pub struct AuditDetail {
     pub entities: Vec<String>,
     pub patients: Vec<String>,
+    /// Resources withheld from the caller by security labels or Consent (`Type/id[/_history/v]`).
+    pub withheld: Vec<String>,
+    /// Everything the response disclosed, when the caller broke the glass.
+    pub disclosed: Vec<String>,
     /// Overrides the interaction the route implies (a Bundle is a transaction or a batch).
     pub interaction: Option<&'static str>,
 }
@@ -91,6 +104,9 @@ impl AuditRecord {
                     user["who"] = json!({"identifier": {"value": sub}});
                     user["altId"] = json!(sub);
                     user["name"] = json!(sub);
+                }
+                if let Some((ty, id)) = p.user(base_url) {
+                    user["who"]["reference"] = json!(format!("{ty}/{id}"));
                 }
                 if let Some(patient) = &p.patient {
                     user["policy"] = json!([format!("urn:liaison:patient-context:{patient}")]);
@@ -144,6 +160,15 @@ impl AuditRecord {
             }
             entities.push(entity);
         }
+        for what in &self.withheld {
+            entities.push(json!({
+                "what": {"reference": what},
+                "type": coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "2"),
+                "role": coding("http://terminology.hl7.org/CodeSystem/object-role", "4"),
+                "description": "withheld by security labels or consent",
+                "detail": [{"type": "disclosure", "valueString": "withheld"}],
+            }));
+        }
         for patient in &self.patients {
             entities.push(json!({
                 "what": {"reference": format!("Patient/{patient}")},
@@ -169,6 +194,17 @@ impl AuditRecord {
         if !entities.is_empty() {
             event["entity"] = Value::Array(entities);
         }
+        if let Some(reason) = &self.break_glass {
+            event["purposeOfEvent"] = json!([{"coding": [coding(ACT_REASON, "BTG")], "text": reason}]);
+        }
+        if self.alert {
+            // A distinct record: DICOM "Security Alert", subtype break-the-glass, so that
+            // reviewers find every emergency access by its type.
+            event["type"] = json!({"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110113",
+                "display": "Security Alert"});
+            event["subtype"] = json!([{"system": ACT_REASON, "code": "BTG", "display": "break the glass"}]);
+            event["outcomeDesc"] = json!(format!("break-glass access answered with HTTP {}", self.status));
+        }
         match event {
             Value::Object(map) => map,
             _ => unreachable!("an AuditEvent is an object"),
@@ -177,6 +213,17 @@ impl AuditRecord {
 
     /// The structured log line: types, ids and codes, never clinical content, queries or who.
     fn log(&self, id: &str) {
+        if self.alert {
+            tracing::warn!(
+                target: "liaison::audit",
+                audit_event = %id,
+                resource_type = self.resource_type.as_deref().unwrap_or(""),
+                entities = %self.entities.join(","),
+                client = self.caller.as_ref().and_then(|p| p.client_id.as_deref()).unwrap_or(""),
+                "break-glass access"
+            );
+            return;
+        }
         tracing::info!(
             target: "liaison::audit",
             audit_event = %id,

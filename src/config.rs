@@ -120,6 +120,11 @@ pub struct Config {
     #[arg(long, env = "LIAISON_SUBSCRIPTION_LEASE_SECONDS", default_value_t = 30)]
     pub subscription_lease_seconds: u64,
 
+    /// A JSON file of rules that add security labels to resources as they are written (e.g.
+    /// `PSYTHPN` and `R` on Observations coded as psychotherapy notes); see the README.
+    #[arg(long, env = "LIAISON_LABEL_RULES")]
+    pub label_rules: Option<std::path::PathBuf>,
+
     /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `liaison=debug,sqlx=warn`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log_level: String,

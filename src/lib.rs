@@ -43,6 +43,8 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error("loading the authorization keys")]
     Auth(#[source] auth::jwt::JwksError),
+    #[error("loading the label rules: {0}")]
+    LabelRules(String),
 }
 
 /// Opens and migrates the store named by `config` and builds the application state.
@@ -71,13 +73,21 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         max_bundle_entries: config.max_bundle_entries as usize,
         max_body_bytes: config.max_body_bytes,
     };
-    let state = AppState::new(store, registry, base_url, limits).with_subscriptions(state::SubscriptionSettings {
-        allow_http: config.subscription_allow_http,
-        hmac_secret: config.subscription_hmac_secret.clone(),
-        max_attempts: config.subscription_max_attempts.max(1),
-        retry: std::time::Duration::from_millis(config.subscription_retry_ms),
-        lease: std::time::Duration::from_secs(config.subscription_lease_seconds.max(1)),
-    });
+    let label_rules = match &config.label_rules {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| StartError::LabelRules(e.to_string()))?;
+            auth::labels::LabelRules::parse(&text, &registry.search, &base_url).map_err(StartError::LabelRules)?
+        }
+        None => auth::labels::LabelRules::default(),
+    };
+    let state =
+        AppState::new(store, registry, base_url, limits, label_rules).with_subscriptions(state::SubscriptionSettings {
+            allow_http: config.subscription_allow_http,
+            hmac_secret: config.subscription_hmac_secret.clone(),
+            max_attempts: config.subscription_max_attempts.max(1),
+            retry: std::time::Duration::from_millis(config.subscription_retry_ms),
+            lease: std::time::Duration::from_secs(config.subscription_lease_seconds.max(1)),
+        });
     Ok(match config.auth_settings() {
         Some(settings) => {
             let auth = auth::jwt::Authenticator::new(settings).await.map_err(StartError::Auth)?;

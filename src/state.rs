@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::audit::AuditLog;
 use crate::auth::jwt::Authenticator;
+use crate::auth::labels::LabelRules;
 use crate::fhir::registry::Registry;
 use crate::store::Store;
 
@@ -28,6 +29,8 @@ pub struct Inner {
     pub audit: AuditLog,
     /// How Subscription notifications are delivered.
     pub subscriptions: SubscriptionSettings,
+    /// Rules that add security labels to what is written.
+    pub label_rules: LabelRules,
 }
 
 /// Delivery settings of rest-hook Subscriptions.
@@ -81,7 +84,7 @@ pub struct Limits {
 
 impl AppState {
     /// The state over `store`; starts the audit trail's writer on the current runtime.
-    pub fn new(store: Store, registry: Registry, base_url: String, limits: Limits) -> Self {
+    pub fn new(store: Store, registry: Registry, base_url: String, limits: Limits, label_rules: LabelRules) -> Self {
         let (store, registry) = (Arc::new(store), Arc::new(registry));
         let audit = AuditLog::start(store.clone(), registry.clone(), base_url.clone());
         let subscriptions = SubscriptionSettings::default();
@@ -94,6 +97,7 @@ impl AppState {
             smart: SmartEndpoints::default(),
             audit,
             subscriptions,
+            label_rules,
         }))
     }
 

@@ -242,10 +242,16 @@ async fn deliver_one(state: &AppState, client: &Client, n: &Notification, lease:
         state.store.drop_notifications(&n.subscription_id).await?;
         return Ok(());
     };
-    let payload = match state.registry.resource_type(&n.resource_type) {
-        Some(ty) => state.store.vread(ty, &n.resource_id, n.version_id).await?.and_then(|v| v.content),
+    let version = match state.registry.resource_type(&n.resource_type) {
+        Some(ty) => state.store.vread(ty, &n.resource_id, n.version_id).await?,
         None => None,
     };
+    // The receiver is no caller whose clearance is known: a labelled resource, or one a
+    // patient's Consent withholds from anyone unnamed, is announced without its content (the
+    // receiver reads it with its own token).
+    let anyone = crate::http::disclose::anonymous(state).await?;
+    let (shown, _) = crate::http::disclose::keep_disclosed(state, Some(&anyone), version.into_iter().collect()).await?;
+    let payload = shown.into_iter().next().and_then(|v| v.content);
     match send(state, client, &subscription, n, payload).await {
         Ok(()) => state.store.notification_delivered(&n.id, lease).await,
         Err(reason) => {

@@ -91,7 +91,7 @@ def expand(url, value_sets, code_systems, seen=()):
 # The resource types Liaison serves (src/fhir/registry.rs), and the common parameters of all.
 SERVED = ["CarePlan", "CareTeam", "Condition", "Encounter", "Goal", "Observation", "Organization",
           "Patient", "Practitioner", "PractitionerRole", "QuestionnaireResponse", "ServiceRequest",
-          "Task", "AuditEvent", "Subscription"]
+          "Task", "AuditEvent", "Subscription", "Consent"]
 COMMON = ["_id", "_lastUpdated", "_tag", "_profile", "_security"]
 
 

@@ -12,6 +12,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use super::labels::Clearance;
 use super::{Principal, Scope};
 
 /// The fastest the keys are fetched again because a token named an unknown key (or the
@@ -110,6 +111,28 @@ struct Claims {
     /// SMART's user: `Practitioner/123`, or an absolute URL ending in it.
     #[serde(rename = "fhirUser")]
     fhir_user: Option<String>,
+    /// Security-label clearance (`R`, `V`, sensitivity codes such as `PSYTHPN`, and `BTG`):
+    /// an array, or a space-separated string.
+    clearance: Option<Words>,
+    /// Purposes of use (v3 ActReason codes such as `TREAT`, `HPAYMT`); `TREAT` when absent.
+    purpose_of_use: Option<Words>,
+}
+
+/// A claim given as an array of strings or as one space-separated string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Words {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl Words {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::List(list) => list,
+            Self::Text(text) => text.split_whitespace().map(str::to_owned).collect(),
+        }
+    }
 }
 
 impl Authenticator {
@@ -174,6 +197,8 @@ impl Authenticator {
             patient: claims.patient,
             fhir_user: claims.fhir_user,
             scopes,
+            clearance: Clearance::new(claims.clearance.map(Words::into_vec).unwrap_or_default()),
+            purposes: claims.purpose_of_use.map(Words::into_vec).unwrap_or_else(|| vec!["TREAT".to_owned()]),
             ..Principal::default()
         })
     }

@@ -9,7 +9,9 @@
 //! AuditEvent: the audit trail needs a scope that names it. Scopes with v2 search-parameter
 //! constraints (`patient/Observation.rs?category=…`) are not supported and grant nothing.
 
+pub mod consent;
 pub mod jwt;
+pub mod labels;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -134,6 +136,12 @@ pub struct Principal {
     pub address: Option<String>,
     /// The subject of the verified TLS client certificate (mutual TLS).
     pub certificate: Option<String>,
+    /// The security labels the caller may see (see [`labels`]).
+    pub clearance: labels::Clearance,
+    /// Purposes of use (v3 ActReason codes), for Consents that name purposes.
+    pub purposes: Vec<String>,
+    /// The reason given for breaking the glass, when the caller did (and may).
+    pub break_glass: Option<String>,
 }
 
 /// What a principal may do with one type and interaction.

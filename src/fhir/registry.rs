@@ -7,6 +7,9 @@
 
 use serde_json::Value;
 
+use crate::auth::consent::ConsentRule;
+use crate::auth::labels::Label;
+
 use super::definitions::Definitions;
 use super::search::index::IndexEntry;
 use super::search::SearchParams;
@@ -18,6 +21,7 @@ pub const SUPPORTED_TYPES: &[&str] = &[
     "CarePlan",
     "CareTeam",
     "Condition",
+    "Consent",
     "Encounter",
     "Goal",
     "Observation",
@@ -88,7 +92,17 @@ impl Registry {
             true => Vec::new(),
             false => references.into_iter().filter(|r| self.resource_type(&r.resource_type).is_some()).collect(),
         };
-        Derived { index: self.search.extract(&self.definitions, ty, resource, base_url), references }
+        // A Consent the rules cannot express was refused when it was written.
+        let consent = match (ty, resource.as_object()) {
+            ("Consent", Some(consent)) => crate::auth::consent::rules_of(consent, base_url).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        Derived {
+            index: self.search.extract(&self.definitions, ty, resource, base_url),
+            references,
+            consent,
+            labels: Vec::new(),
+        }
     }
 
     /// Whether only the server writes resources of `ty`.
@@ -111,10 +125,14 @@ impl Registry {
     }
 }
 
-/// What the server derives from a resource it stores: search index entries and the local
-/// references to served types.
+/// What the server derives from a resource it stores: search index entries, the local
+/// references to served types, a Consent's rules, and the security labels that label rules add.
 #[derive(Debug, Default)]
 pub struct Derived {
     pub index: Vec<IndexEntry>,
     pub references: Vec<LocalReference>,
+    pub consent: Vec<ConsentRule>,
+    /// Labels to add to `meta.security` as the version is stored (their index entries are in
+    /// `index` already).
+    pub labels: Vec<Label>,
 }

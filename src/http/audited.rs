@@ -78,7 +78,7 @@ async fn finish(state: &AppState, seen: Seen, mut response: Response) -> Respons
         .filter(|t| state.registry.resource_type(t).is_some())
         .map(str::to_owned);
     let searched = matches!(interaction, "search-type" | "history-type" | "history-instance" | "history-system");
-    let record = AuditRecord {
+    let mut record = AuditRecord {
         interaction,
         action,
         status: response.status().as_u16(),
@@ -89,9 +89,24 @@ async fn finish(state: &AppState, seen: Seen, mut response: Response) -> Respons
         entities: detail.entities,
         query: if searched { query } else { None },
         patients: detail.patients,
+        withheld: detail.withheld,
+        break_glass: None,
+        alert: false,
     };
+    record.break_glass = record.caller.as_ref().and_then(|c| c.break_glass.clone());
+    // Breaking the glass is recorded twice: with the interaction, and as a security alert
+    // listing everything disclosed.
+    let alert = record.break_glass.as_ref().filter(|_| record.status < 400).map(|_| {
+        let disclosed = if detail.disclosed.is_empty() { record.entities.clone() } else { detail.disclosed };
+        AuditRecord { entities: disclosed, query: None, withheld: Vec::new(), alert: true, ..record.clone() }
+    });
     if state.audit.record(record).await.is_err() {
         return AppError::Unavailable(StoreError::AuditUnavailable).into_response();
+    }
+    if let Some(alert) = alert {
+        if state.audit.record(alert).await.is_err() {
+            return AppError::Unavailable(StoreError::AuditUnavailable).into_response();
+        }
     }
     response
 }
@@ -124,7 +139,7 @@ pub fn read_detail(state: &AppState, ty: &str, id: &str, version: i64, content: 
         }
         None => Vec::new(),
     };
-    AuditDetail { entities: vec![format!("{ty}/{id}/_history/{version}")], patients, interaction: None }
+    AuditDetail { entities: vec![format!("{ty}/{id}/_history/{version}")], patients, ..AuditDetail::default() }
 }
 
 /// The patients whose compartment a resource with these index entries is in.

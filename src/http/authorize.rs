@@ -12,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::disclose;
 use crate::auth::{Access, Confinement, Perm, Principal};
 use crate::error::AppError;
 use crate::fhir::search::index::{IndexEntry, IndexValue};
@@ -48,6 +49,14 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         principal.address = Some(peer.addr.ip().to_string());
         principal.certificate.clone_from(&peer.client_subject);
     }
+    principal.break_glass = match disclose::break_glass(&principal, req.headers().get(disclose::BREAK_GLASS_HEADER)) {
+        Ok(reason) => reason,
+        Err(e) => {
+            let mut response = e.into_response();
+            response.extensions_mut().insert(principal);
+            return response;
+        }
+    };
     // The audit layer outside this one learns who called from the response.
     let mut response = match check_route(&state, &principal, req.method(), &route, req.uri().path()) {
         Err(e) => e.into_response(),
@@ -56,6 +65,9 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             next.run(req).await
         }
     };
+    if principal.break_glass.is_some() {
+        response.headers_mut().insert(disclose::BREAK_GLASS_MARK, axum::http::HeaderValue::from_static("granted"));
+    }
     response.extensions_mut().insert(principal);
     response
 }

@@ -643,7 +643,8 @@ async fn dispatch(router: &Router, state: &AppState, entry: &Entry, outer: &Oute
         .uri(format!("/fhir/{}", entry.url.replace(' ', "%20")))
         .header(header::ACCEPT, "application/fhir+json");
     // The entry runs as the Bundle's caller, with the Bundle's preferences.
-    for name in [header::AUTHORIZATION, header::HeaderName::from_static("prefer")] {
+    let break_glass = header::HeaderName::from_static(super::disclose::BREAK_GLASS_HEADER);
+    for name in [header::AUTHORIZATION, header::HeaderName::from_static("prefer"), break_glass] {
         if let Some(v) = outer.headers.get(&name) {
             request = request.header(name, v);
         }

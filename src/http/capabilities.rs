@@ -47,9 +47,15 @@ pub fn capability_statement(state: &AppState) -> Value {
                 }],
             });
             if ty.as_str() == "Patient" {
-                resource["operation"].as_array_mut().expect("an operation list").push(json!({
+                let operations = resource["operation"].as_array_mut().expect("an operation list");
+                operations.push(json!({
                     "name": "everything",
                     "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                }));
+                operations.push(json!({
+                    "name": "access-log",
+                    "definition": format!("{}/OperationDefinition/Patient-access-log", state.base_url),
+                    "documentation": "Who accessed the patient's record, and when: the audit trail's events naming the patient, newest first, without network details.",
                 }));
             }
             if state.registry.server_written(ty.as_str()) {

@@ -12,6 +12,7 @@ use axum::response::Response;
 use serde_json::value::RawValue;
 
 use super::authorize::{check_readable, Caller};
+use super::disclose::disclosure;
 use super::negotiate::{query_pairs, Format};
 use super::search::page_url;
 use crate::audit::AuditDetail;
@@ -80,6 +81,7 @@ pub async fn everything(
         None => (0, None),
     };
 
+    let disclosed = disclosure(&state, &caller).await?;
     let mut matches = Vec::new();
     let mut next = None;
     // `_count=0` asks for no entries (and so no further pages).
@@ -101,6 +103,7 @@ pub async fn everything(
             patient: id.clone(),
             params: compartment_params(ty.as_str()).unwrap_or_default().to_vec(),
         });
+        q.filters.extend(disclosed.clone());
         let after = cursor.take().filter(|c| !c.is_empty());
         let page = state.store.search(ty, &q, after.as_deref(), Counting::None).await.map_err(|e| match e {
             SearchError::BadCursor => bad("_cursor", "is not one this server issued"),
@@ -130,8 +133,16 @@ pub async fn everything(
         bundle.push(Entry::search(format!("{base}/{}/{}", v.resource_type, v.id), raw, "match"));
     }
     let mut response = format.respond(StatusCode::OK, bundle.to_json());
-    let entities = matches.iter().map(|v| format!("{}/{}/_history/{}", v.resource_type, v.id, v.version_id)).collect();
-    response.extensions_mut().insert(AuditDetail { interaction: Some("operation"), entities, patients: vec![id] });
+    let entities: Vec<String> =
+        matches.iter().map(|v| format!("{}/{}/_history/{}", v.resource_type, v.id, v.version_id)).collect();
+    let detail = AuditDetail {
+        interaction: Some("operation"),
+        disclosed: if caller.break_glass.is_some() { entities.clone() } else { Vec::new() },
+        entities,
+        patients: vec![id],
+        ..AuditDetail::default()
+    };
+    response.extensions_mut().insert(detail);
     Ok(response)
 }
 

@@ -8,9 +8,11 @@ use axum::response::Response;
 use serde_json::value::RawValue;
 
 use super::authorize::{check_readable, Caller};
+use super::disclose::{self, disclosure, keep_disclosed};
 use super::negotiate::{etag, Format};
 use super::resource::{Target, TypePath};
 use crate::audit::AuditDetail;
+use crate::auth::Principal;
 use crate::error::AppError;
 use crate::fhir::bundle::{Bundle, Entry, EntryRequest, EntryResponse};
 use crate::fhir::outcome::IssueType;
@@ -78,20 +80,22 @@ fn parse_cursor(text: &str) -> Option<HistoryCursor> {
 /// `GET /_history`.
 pub async fn system(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     format: Format,
     RawQuery(q): RawQuery,
 ) -> Result<Response, AppError> {
-    history(&state, format, HistoryScope::System, "_history".into(), q.as_deref()).await
+    history(&state, &caller, format, HistoryScope::System, "_history".into(), q.as_deref()).await
 }
 
 /// `GET /{type}/_history`.
 pub async fn type_level(
     State(state): State<AppState>,
     TypePath(ty): TypePath,
+    Caller(caller): Caller,
     format: Format,
     RawQuery(q): RawQuery,
 ) -> Result<Response, AppError> {
-    history(&state, format, HistoryScope::Type(ty), format!("{ty}/_history"), q.as_deref()).await
+    history(&state, &caller, format, HistoryScope::Type(ty), format!("{ty}/_history"), q.as_deref()).await
 }
 
 /// `GET /{type}/{id}/_history`: 404 when the resource never existed.
@@ -103,19 +107,28 @@ pub async fn instance(
     RawQuery(q): RawQuery,
 ) -> Result<Response, AppError> {
     check_readable(&state, &caller, target.ty.as_str(), &target.id).await?;
-    if state.store.read(target.ty, &target.id).await?.is_none() {
-        return Err(AppError::NotFound(format!("{}/{}", target.ty, target.id)));
+    match state.store.read(target.ty, &target.id).await? {
+        None => return Err(AppError::NotFound(format!("{}/{}", target.ty, target.id))),
+        // Asked for by id, a withheld resource is refused rather than shown without versions.
+        Some(current) => {
+            if let Err(refused) = disclose::check_version(&state, &caller, &current).await {
+                return Ok(refused);
+            }
+        }
     }
     let path = format!("{}/{}/_history", target.ty, target.id);
     let entity = format!("{}/{}", target.ty, target.id);
-    let mut response =
-        history(&state, format, HistoryScope::Instance(target.ty, target.id), path, q.as_deref()).await?;
-    response.extensions_mut().insert(AuditDetail { entities: vec![entity], ..AuditDetail::default() });
+    let scope = HistoryScope::Instance(target.ty, target.id);
+    let mut response = history(&state, &caller, format, scope, path, q.as_deref()).await?;
+    if let Some(detail) = response.extensions_mut().get_mut::<AuditDetail>() {
+        detail.entities = vec![entity];
+    }
     Ok(response)
 }
 
 async fn history(
     state: &AppState,
+    caller: &Principal,
     format: Format,
     scope: HistoryScope,
     path: String,
@@ -131,6 +144,11 @@ async fn history(
     let mut versions = state.store.history(&q).await?;
     let has_next = versions.len() > params.count as usize;
     versions.truncate(params.count as usize);
+    // Paging follows the stored history, so a page may hold fewer entries than `_count` when
+    // some were withheld; the `next` link still continues after the last one looked at.
+    let last_seen =
+        versions.last().map(|v| format!("{}:{}:{}:{}", v.last_updated, v.resource_type, v.id, v.version_id));
+    let (versions, withheld) = keep_disclosed(state, disclosure(state, caller).await?.as_ref(), versions).await?;
 
     let base = &state.base_url;
     let page_url = |cursor: Option<String>| {
@@ -146,18 +164,21 @@ async fn history(
     let self_cursor =
         params.cursor.as_ref().map(|c| format!("{}:{}:{}:{}", c.last_updated, c.resource_type, c.id, c.version_id));
     let mut bundle = Bundle::new("history").link("self", page_url(self_cursor));
-    if has_next {
-        if let Some(last) = versions.last() {
-            let next = format!("{}:{}:{}:{}", last.last_updated, last.resource_type, last.id, last.version_id);
-            bundle = bundle.link("next", page_url(Some(next)));
-        }
+    if let (true, Some(next)) = (has_next, last_seen) {
+        bundle = bundle.link("next", page_url(Some(next)));
     }
     let raw: Vec<Option<Box<RawValue>>> =
         versions.iter().map(|v| v.content.clone().and_then(|c| RawValue::from_string(c).ok())).collect();
     for (version, resource) in versions.iter().zip(&raw) {
         bundle.push(entry(base, version, resource.as_deref()));
     }
-    Ok(format.respond(StatusCode::OK, bundle.to_json()))
+    let mut response = format.respond(StatusCode::OK, bundle.to_json());
+    let disclosed = match caller.break_glass {
+        Some(_) => versions.iter().map(|v| format!("{}/{}/_history/{}", v.resource_type, v.id, v.version_id)).collect(),
+        None => Vec::new(),
+    };
+    response.extensions_mut().insert(AuditDetail { withheld, disclosed, ..AuditDetail::default() });
+    Ok(response)
 }
 
 fn entry<'a>(base: &str, v: &Version, resource: Option<&'a RawValue>) -> Entry<'a> {

@@ -11,7 +11,9 @@ use serde_json::{Map, Value};
 
 use super::audited::patients_in;
 use super::authorize::{compartment_filter, confine_traversed, content_in_compartment, outside, require};
+use super::disclose;
 use super::negotiate::query_pairs;
+use crate::auth::{consent, labels};
 use crate::auth::{Access, Perm, Principal};
 use crate::error::AppError;
 use crate::fhir::outcome::{Issue, IssueType};
@@ -144,8 +146,22 @@ pub fn check_resource(
     if ty.as_str() == "Subscription" {
         subscription::check(state, resource)?;
     }
+    if ty.as_str() == "Consent" {
+        consent::rules_of(resource, &state.base_url)
+            .map_err(|why| AppError::Unprocessable(vec![Issue::error(IssueType::NotSupported, why)]))?;
+    }
     let value = Value::Object(resource.clone());
-    Ok(state.registry.derive(ty.as_str(), &value, report.references, &state.base_url))
+    let mut derived = state.registry.derive(ty.as_str(), &value, report.references, &state.base_url);
+    // Labels the rules derive from the content, unless the client gave them.
+    let present = labels::labels_of(resource);
+    derived.labels = state
+        .label_rules
+        .labels_for(ty.as_str(), &derived.index)
+        .into_iter()
+        .filter(|l| !present.contains(l))
+        .collect();
+    derived.index.extend(labels::label_entries(&derived.labels));
+    Ok(derived)
 }
 
 /// Parses the search of a conditional interaction (`identifier=http://sys|123`, with or without
@@ -165,7 +181,7 @@ pub fn parse_condition(state: &AppState, ty: ResourceType, text: &str, what: &st
 
 /// What the caller may write, applied to one write: scopes per interaction, and for `patient/`
 /// scopes, the compartment of both the stored and the new content.
-struct Rights<'a>(&'a Principal);
+struct Rights<'a>(&'a Principal, &'a AppState);
 
 impl Rights<'_> {
     /// The search of a conditional write, confined to what the caller may act on.
@@ -188,8 +204,21 @@ impl Rights<'_> {
             Access::Compartment(c) if !tx.in_compartment(ty, id, &c.patient, c.params).await? => {
                 Err(outside(ty.as_str(), id))
             }
-            _ => Ok(()),
+            _ => self.visible(tx, ty, id).await,
         }
+    }
+
+    /// The stored `ty/id` is not withheld from the caller: what it may not see, it may not
+    /// change or be answered with either (403).
+    async fn visible(&self, tx: &mut WriteTx, ty: ResourceType, id: &str) -> Result<(), AppError> {
+        let Some(disclosed) = disclose::disclosure(self.1, self.0).await? else { return Ok(()) };
+        let filters = [Filter::Id(vec![id.to_owned()]), Filter::Not(Box::new(disclosed))];
+        if tx.find(ty, &filters, 1).await?.is_empty() {
+            return Ok(());
+        }
+        Err(AppError::Forbidden(format!(
+            "{ty}/{id} is withheld from this caller by its security labels or the patient's consent"
+        )))
     }
 
     /// The caller may store this content as `ty/id` with `perm`.
@@ -238,13 +267,14 @@ async fn apply(state: &AppState, caller: &Principal, tx: &mut WriteTx, write: &W
     if state.registry.server_written(ty.as_str()) {
         return Err(AppError::MethodNotAllowed);
     }
-    let rights = Rights(caller);
+    let rights = Rights(caller, state);
     match &write.kind {
         WriteKind::Create { id, resource, derived, if_none_exist } => {
             rights.content(ty, id, Perm::Create, derived)?;
             if let Some(filters) = if_none_exist {
                 let filters = rights.condition(ty, Perm::Create, filters)?;
                 if let Some(found) = find_one(tx, ty, &filters).await? {
+                    rights.visible(tx, ty, &found).await?;
                     // R4 http.html#ccreate: one match, the request is ignored and the match returned.
                     let version = tx.current(ty, &found).await?;
                     let entities = vec![format!("{ty}/{found}")];
@@ -410,7 +440,7 @@ async fn referral_rules(
     };
     // The stored focus decides when there is one: removing it does not escape the rules.
     let Some(sr_id) = stored.as_ref().and_then(referral).or_else(|| referral(task)) else { return Ok(None) };
-    let rights = Rights(caller);
+    let rights = Rights(caller, state);
     rights.existing(tx, service_request_type, &sr_id, Perm::Read).await?;
     let Some(request) = tx.live(service_request_type, &sr_id).await?.map(|(_, c)| c) else { return Ok(None) };
     if !workflow::is_referral(&request) {

@@ -2,10 +2,12 @@
 //! (request id, tracing, body limit). Handlers are generic over resource types; the registry
 //! decides which types exist.
 
+mod access_log;
 mod audited;
 mod authorize;
 mod bundle;
 mod capabilities;
+pub(crate) mod disclose;
 mod everything;
 mod history;
 mod interaction;
@@ -52,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/{type}/{id}", get(resource::read).put(write::update).patch(write::patch).delete(write::delete))
         .route("/{type}/{id}/$validate", post(write::validate_instance))
         .route("/Patient/{id}/$everything", get(everything::everything))
+        .route("/Patient/{id}/$access-log", get(access_log::access_log))
         .route("/{type}/{id}/_history", get(history::instance))
         .route("/{type}/{id}/_history/{vid}", get(resource::vread))
         .route("/.well-known/smart-configuration", get(authorize::smart_configuration))

@@ -326,6 +326,17 @@ fn type_paths(registry: &Registry, ty: &str, search_params: &[Ref]) -> Vec<(Stri
                     .response("default", outcome()),
             ),
         ));
+        out.push((
+            "/Patient/{id}/$access-log".into(),
+            PathItem::new(
+                HttpMethod::Get,
+                operation("accessLogPatient".into(), ty, "Who accessed the patient's record, and when (newest first)")
+                    .parameter(id_param())
+                    .parameter(query("_count", "Entries per page", integer(0)))
+                    .response("200", bundle())
+                    .response("default", outcome()),
+            ),
+        ));
     }
     out.push((
         format!("/{ty}/{{id}}/$validate"),

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::audited::{self, read_detail};
 use super::authorize::{check_readable, Caller};
+use super::disclose;
 use super::negotiate::{etag, resource_response, Format, Return};
 use crate::error::AppError;
 use crate::fhir::outcome::IssueType;
@@ -82,6 +83,9 @@ pub async fn read(
 ) -> Result<Response, AppError> {
     check_readable(&state, &caller, target.ty.as_str(), &target.id).await?;
     let version = current(&state, &target).await?;
+    if let Err(refused) = disclose::check_version(&state, &caller, &version).await {
+        return Ok(refused);
+    }
     let tag = etag(version.version_id);
     if headers
         .get(header::IF_NONE_MATCH)
@@ -121,6 +125,9 @@ pub async fn vread(
         None => Err(AppError::NotFound(described())),
         Some(v) if v.is_deleted() => Err(AppError::Gone(described())),
         Some(v) => {
+            if let Err(refused) = disclose::check_version(&state, &caller, &v).await {
+                return Ok(refused);
+            }
             let mut response = resource_response(format, StatusCode::OK, &v, Return::Representation, None);
             let detail = read_detail(&state, target.ty.as_str(), &target.id, v.version_id, v.content.as_deref());
             response.extensions_mut().insert(detail);

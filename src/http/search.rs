@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 
 use super::audited::patients_searched;
 use super::authorize::{compartment_filter, confine_traversed, require, Caller};
+use super::disclose::{disclose_traversed, disclosure, keep_disclosed};
 use super::negotiate::{prefer_tokens, query_pairs, Format};
 use super::resource::TypePath;
 use crate::audit::AuditDetail;
@@ -22,12 +23,14 @@ use crate::error::AppError;
 use crate::fhir::bundle::{Bundle, Entry};
 use crate::fhir::outcome::{operation_outcome, Issue, IssueType, Severity};
 use crate::fhir::registry::ResourceType;
-use crate::fhir::search::query::{self, Include, SearchQuery, Summary, Total, MAX_DEPTH};
+use crate::fhir::search::query::{self, Filter, Include, SearchQuery, Summary, Total, MAX_DEPTH};
 use crate::state::AppState;
 use crate::store::{Counting, SearchError, Version};
 
 /// At most this many resources are added by `_include` and `_revinclude` to one page.
 const MAX_INCLUDED: i64 = 1000;
+/// At most this many of the matches a search withheld are named in its AuditEvent.
+const WITHHELD_AUDITED: i64 = 100;
 
 /// `GET /{type}?…`
 pub async fn search_get(
@@ -95,6 +98,14 @@ async fn search(
     if let Some(confine) = compartment_filter(&require(caller, ty.as_str(), Perm::Search)?) {
         q.filters.push(confine);
     }
+    // Disclosure: what the caller may not see is not found, counted or followed, at any level.
+    let disclosed = disclosure(state, caller).await?;
+    if let Some(d) = &disclosed {
+        for filter in &mut q.filters {
+            disclose_traversed(filter, d);
+        }
+        q.filters.push(d.clone());
+    }
     // The total is counted for the first page; later pages come from a `next` link, whose first
     // page carried it (search.html#total: the server may leave it out).
     // search.html#total lets a server leave `total` out. Without `_total`, it is given when it
@@ -114,7 +125,14 @@ async fn search(
         SearchError::Store(e) => AppError::from(e),
     })?;
 
-    let included = includes(state, caller, ty, &q, &page.matches).await?;
+    let (included, mut withheld) = includes(state, caller, disclosed.as_ref(), ty, &q, &page.matches).await?;
+    if let (Some(d), None) = (&disclosed, &q.cursor) {
+        // For the audit trail, the first page of a search names (some of) what it withheld.
+        let mut filters: Vec<Filter> = q.filters.iter().filter(|f| *f != d).cloned().collect();
+        filters.push(Filter::Not(Box::new(d.clone())));
+        let hidden = state.store.ids(ty.as_str(), &filters, WITHHELD_AUDITED).await?;
+        withheld.splice(0..0, hidden.into_iter().map(|id| format!("{ty}/{id}")));
+    }
 
     let base = &state.base_url;
     let self_url = page_url(base, ty.as_str(), &pairs, None);
@@ -147,15 +165,25 @@ async fn search(
     }
     let mut response = format.respond(StatusCode::OK, bundle.to_json());
     let patients = patients_searched(ty.as_str(), &q.filters);
-    response.extensions_mut().insert(AuditDetail { patients, ..AuditDetail::default() });
+    let disclosed = match caller.break_glass {
+        Some(_) => page.matches.iter().chain(&included).map(|v| format!("{}/{}", v.resource_type, v.id)).collect(),
+        None => Vec::new(),
+    };
+    response.extensions_mut().insert(AuditDetail { patients, withheld, disclosed, ..AuditDetail::default() });
     Ok(response)
 }
 
-/// The included resources the caller may read: types it may not read are left out, and a
-/// confined caller gets those in its compartment only.
-async fn readable(state: &AppState, caller: &Principal, versions: Vec<Version>) -> Result<Vec<Version>, AppError> {
+/// The included resources the caller may read: types it may not read are left out, a confined
+/// caller gets those in its compartment only, and what disclosure withholds is left out (and
+/// returned second, for the audit trail).
+async fn readable(
+    state: &AppState,
+    caller: &Principal,
+    disclosed: Option<&Filter>,
+    versions: Vec<Version>,
+) -> Result<(Vec<Version>, Vec<String>), AppError> {
     if caller.unrestricted || versions.is_empty() {
-        return Ok(versions);
+        return Ok((versions, Vec::new()));
     }
     let mut types: Vec<String> = versions.iter().map(|v| v.resource_type.clone()).collect();
     types.sort();
@@ -170,7 +198,9 @@ async fn readable(state: &AppState, caller: &Principal, versions: Vec<Version>) 
         };
         allowed.extend(members.into_iter().map(|id| (ty.clone(), id)));
     }
-    Ok(versions.into_iter().filter(|v| allowed.contains(&(v.resource_type.clone(), v.id.clone()))).collect())
+    let permitted =
+        versions.into_iter().filter(|v| allowed.contains(&(v.resource_type.clone(), v.id.clone()))).collect();
+    Ok(keep_disclosed(state, disclosed, permitted).await?)
 }
 
 /// The URL `{base}/{path}` with this request's parameters, `_cursor` set to `cursor` (for
@@ -194,13 +224,15 @@ pub(super) fn page_url(base: &str, path: &str, pairs: &[(String, String)], curso
 async fn includes(
     state: &AppState,
     caller: &Principal,
+    disclosed: Option<&Filter>,
     ty: ResourceType,
     q: &SearchQuery,
     matches: &[Version],
-) -> Result<Vec<Version>, AppError> {
+) -> Result<(Vec<Version>, Vec<String>), AppError> {
     if q.include.is_empty() && q.revinclude.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
+    let mut withheld = Vec::new();
     let mut seen: HashSet<(String, String)> = matches.iter().map(|v| (v.resource_type.clone(), v.id.clone())).collect();
     let mut added: Vec<Version> = Vec::new();
     let mut frontier: Vec<Version> = matches.to_vec();
@@ -231,7 +263,8 @@ async fn includes(
             }
         }
         // What the caller may not read is neither shown nor followed further.
-        let found = readable(state, caller, found).await?;
+        let (found, hidden) = readable(state, caller, disclosed, found).await?;
+        withheld.extend(hidden);
         frontier = found.into_iter().filter(|v| seen.insert((v.resource_type.clone(), v.id.clone()))).collect();
         if frontier.is_empty() || added.len() as i64 >= MAX_INCLUDED {
             break;
@@ -239,7 +272,9 @@ async fn includes(
         added.extend(frontier.iter().cloned());
     }
     added.truncate(MAX_INCLUDED as usize);
-    Ok(added)
+    withheld.sort();
+    withheld.dedup();
+    Ok((added, withheld))
 }
 
 /// The resource as `_summary` and `_elements` ask (search.html#summary, #elements); marked

@@ -29,9 +29,11 @@ use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+use crate::auth::consent::ConsentRule;
+use crate::auth::labels::Label;
 use crate::fhir::registry::ResourceType;
 use crate::fhir::search::index::IndexEntry;
-use crate::fhir::search::query::SearchQuery;
+use crate::fhir::search::query::{Filter, SearchQuery};
 use crate::fhir::search::INDEX_VERSION;
 use crate::fhir::validate::LocalReference;
 use crate::fhir::{self, Millis};
@@ -153,13 +155,17 @@ pub struct HistoryQuery {
 pub struct WriteExtras<'a> {
     pub references: &'a [LocalReference],
     pub index: &'a [IndexEntry],
+    /// A Consent's rules, replacing those of its previous version.
+    pub consent: &'a [ConsentRule],
+    /// Security labels added to the content as it is stored.
+    pub labels: &'a [Label],
 }
 
 pub use crate::fhir::registry::Derived;
 
 impl<'a> From<&'a Derived> for WriteExtras<'a> {
     fn from(d: &'a Derived) -> Self {
-        WriteExtras { references: &d.references, index: &d.index }
+        WriteExtras { references: &d.references, index: &d.index, consent: &d.consent, labels: &d.labels }
     }
 }
 
@@ -462,6 +468,76 @@ impl Store {
         Ok(members)
     }
 
+    /// The ids of at most `limit` current resources of `ty` matching `filters`, in id order.
+    pub async fn ids(&self, ty: &str, filters: &[Filter], limit: i64) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = on_db!(self, reader, |pool, dialect| {
+            let sql = Compiler::new(dialect, fhir::now_millis()).ids(ty, filters, limit);
+            bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(pool).await?
+        });
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Whether any Consent rules are stored (when none are, no access needs evaluating them).
+    pub async fn has_consent_rules(&self) -> Result<bool, StoreError> {
+        let row: Option<(String,)> =
+            on_db!(self, reader, |pool, _d| sqlx::query_as(sql::ANY_CONSENT_RULE).fetch_optional(pool).await?);
+        Ok(row.is_some())
+    }
+
+    /// Who user `ty/id` acts as, for Consent actors: itself; a Practitioner's roles and their
+    /// organizations, or a PractitionerRole's practitioner and organization; and the CareTeams
+    /// any of these is a participant of.
+    pub async fn actors_of(&self, ty: &str, id: &str) -> Result<Vec<String>, StoreError> {
+        let mut actors: Vec<(String, String)> = vec![(ty.to_owned(), id.to_owned())];
+        let roles: Vec<String> = match ty {
+            "Practitioner" => self.referrers("PractitionerRole", "practitioner", ty, id).await?,
+            "PractitionerRole" => vec![id.to_owned()],
+            _ => Vec::new(),
+        };
+        for role in roles {
+            for param in ["practitioner", "organization"] {
+                actors.extend(self.targets("PractitionerRole", &role, param).await?);
+            }
+            actors.push(("PractitionerRole".to_owned(), role));
+        }
+        let mut teams = Vec::new();
+        for (t, i) in &actors {
+            teams.extend(self.referrers("CareTeam", "participant", t, i).await?);
+        }
+        actors.extend(teams.into_iter().map(|team| ("CareTeam".to_owned(), team)));
+        let mut out: Vec<String> = actors.into_iter().map(|(t, i)| format!("{t}/{i}")).collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Ids of the `source_type` resources whose `param` references `target_type/target_id`.
+    async fn referrers(
+        &self,
+        source_type: &str,
+        param: &str,
+        target_type: &str,
+        target_id: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = on_db!(self, reader, |pool, _d| {
+            sqlx::query_as(sql::SELECT_REFERRERS)
+                .bind(source_type)
+                .bind(param)
+                .bind(target_type)
+                .bind(target_id)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// `(type, id)` of what resource `ty/id` references through `param`.
+    async fn targets(&self, ty: &str, id: &str, param: &str) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(on_db!(self, reader, |pool, _d| {
+            sqlx::query_as(sql::SELECT_TARGETS).bind(ty).bind(id).bind(param).fetch_all(pool).await?
+        }))
+    }
+
     /// Resources the `sources` (ids of `source_type`) reference through `param`.
     pub async fn include(
         &self,
@@ -527,9 +603,15 @@ impl Store {
                         v.content.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or(Value::Null);
                     let derived = derive(&v.resource_type, &resource);
                     let links: Vec<&LocalReference> = derived.references.iter().collect();
-                    for statement in
-                        search_sql::derived_rows(dialect, &v.resource_type, &v.id, &derived.index, &links, true)
-                    {
+                    let rows = search_sql::derived_rows(
+                        dialect,
+                        &v.resource_type,
+                        &v.id,
+                        (&derived.index, &derived.consent),
+                        &links,
+                        true,
+                    );
+                    for statement in rows {
                         bind_all!(sqlx::query(&statement.text), statement).execute(&mut *tx).await?;
                     }
                 }

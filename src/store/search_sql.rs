@@ -8,6 +8,7 @@
 use std::fmt::Write;
 
 use super::sql::Dialect;
+use crate::auth::consent::{Asking, ConsentRule};
 use crate::fhir::search::index::{normalize, IndexEntry, IndexValue};
 use crate::fhir::search::query::{Filter, Modifier, Prefix, SearchValue, SortKey, SystemMatch};
 use crate::fhir::search::ParamKind;
@@ -149,13 +150,62 @@ pub fn derived_rows(
     dialect: &Dialect,
     ty: &str,
     id: &str,
-    index: &[IndexEntry],
+    (index, consent): (&[IndexEntry], &[ConsentRule]),
     links: &[&LocalReference],
     replace: bool,
 ) -> Vec<Sql> {
     let mut out = if replace { index_deletes(dialect, ty, id) } else { Vec::new() };
     out.extend(index_inserts(dialect, ty, &[(id, index)]));
     out.extend(link_statements(dialect, ty, id, links, replace));
+    if ty == "Consent" {
+        out.extend(consent_statements(dialect, id, consent, replace));
+    }
+    out
+}
+
+/// Statements replacing the rules of Consent `id` with `rules`.
+fn consent_statements(dialect: &Dialect, id: &str, rules: &[ConsentRule], replace: bool) -> Vec<Sql> {
+    let mut out = Vec::new();
+    if replace {
+        for table in ["consent_rule", "consent_criterion"] {
+            let mut delete = Sql::new(dialect);
+            delete.push(&format!("DELETE FROM {table} WHERE consent_id = ")).text(id);
+            out.push(delete);
+        }
+    }
+    let text = |s: &str| Bind::Text(s.to_owned());
+    let rule_rows = rules
+        .iter()
+        .map(|r| {
+            let mut row = vec![text(id), Bind::Int(r.rule), Bind::Bool(r.deny), text(&r.patient)];
+            row.extend([Bind::OptInt(r.start), Bind::OptInt(r.end)]);
+            row.extend(["actor", "purpose", "class", "label", "data"].map(|k| Bind::Bool(r.has(k))));
+            row
+        })
+        .collect();
+    let columns = [
+        "consent_id",
+        "rule",
+        "deny",
+        "patient_id",
+        "period_start",
+        "period_end",
+        "has_actor",
+        "has_purpose",
+        "has_class",
+        "has_label",
+        "has_data",
+    ];
+    out.extend(insert_rows(dialect, "consent_rule", &columns, rule_rows));
+    let criteria = rules
+        .iter()
+        .flat_map(|r| {
+            r.criteria.iter().map(move |c| {
+                vec![text(id), Bind::Int(r.rule), text(c.kind), Bind::OptText(c.system.clone()), text(&c.value)]
+            })
+        })
+        .collect();
+    out.extend(insert_rows(dialect, "consent_criterion", &["consent_id", "rule", "kind", "system", "value"], criteria));
     out
 }
 
@@ -496,6 +546,12 @@ impl<'a> Compiler<'a> {
                 self.sql.push(" AND x.param IN ").list(params);
                 self.sql.push(" AND x.target_type = 'Patient' AND x.target_id = ").text(patient.clone()).push("))");
             }
+            Filter::Disclosed { withheld, consent } => self.disclosed(alias, types, withheld, consent.as_ref()),
+            Filter::Not(inner) => {
+                self.sql.push("NOT (");
+                self.condition(alias, types, inner, false);
+                self.sql.push(")");
+            }
             Filter::Has { source_type, param, inner } => {
                 self.depth += 1;
                 let inner_alias = format!("r{}", self.depth);
@@ -524,6 +580,89 @@ impl<'a> Compiler<'a> {
                 self.sql.push("))");
             }
         }
+    }
+
+    /// The resource at `alias` carries none of the `withheld` labels and no Consent of its
+    /// patients withholds it from `asking` (see [`crate::auth::consent`] for the rules).
+    fn disclosed(&mut self, alias: &str, types: &[String], withheld: &[(String, String)], asking: Option<&Asking>) {
+        self.sql.push("(");
+        if withheld.is_empty() {
+            self.sql.push("1 = 1");
+        } else {
+            self.open_subquery(alias, types, "search_token", "v", false, true);
+            self.sql.push(" AND v.param = '_security' AND (");
+            for (i, (system, code)) in withheld.iter().enumerate() {
+                self.sql.push(if i > 0 { " OR " } else { "" });
+                self.sql.push("(v.system = ").text(system.clone()).push(" AND v.code = ").text(code.clone()).push(")");
+            }
+            self.sql.push("))");
+        }
+        let Some(asking) = asking else {
+            self.sql.push(")");
+            return;
+        };
+        // The patients whose compartment the resource is in.
+        let mut params: Vec<String> =
+            types.iter().flat_map(|t| crate::auth::compartment_params(t).unwrap_or_default()).cloned().collect();
+        params.sort();
+        params.dedup();
+        let _ = write!(self.sql.text, " AND NOT EXISTS (SELECT 1 FROM consent_rule c WHERE c.rule = 0 AND (({alias}.resource_type = 'Patient' AND c.patient_id = {alias}.id)");
+        if !params.is_empty() {
+            let _ = write!(self.sql.text, " OR c.patient_id IN (SELECT p.target_id FROM search_reference p WHERE p.resource_type = {alias}.resource_type AND p.resource_id = {alias}.id AND p.target_type = 'Patient' AND p.param IN ");
+            self.sql.list(&params).push(")");
+        }
+        self.sql.push(")");
+        if let Some(own) = &asking.own_patient {
+            self.sql.push(" AND c.patient_id <> ").text(own.clone());
+        }
+        if asking.anyone {
+            // Whoever may be asking: any Consent of the patient withholds.
+            self.sql.push("))");
+            return;
+        }
+        self.sql.push(" AND ");
+        self.provision_applies("c", alias, asking);
+        self.sql.push(" AND ((c.deny AND NOT EXISTS (SELECT 1 FROM consent_rule n WHERE n.consent_id = c.consent_id AND n.rule > 0 AND NOT n.deny AND ");
+        self.provision_applies("n", alias, asking);
+        self.sql.push(")) OR (NOT c.deny AND EXISTS (SELECT 1 FROM consent_rule n WHERE n.consent_id = c.consent_id AND n.rule > 0 AND n.deny AND ");
+        self.provision_applies("n", alias, asking);
+        self.sql.push(")))))");
+    }
+
+    /// Every criterion the provision at `c` has matches `asking` and the resource at `alias`.
+    fn provision_applies(&mut self, c: &str, alias: &str, asking: &Asking) {
+        let now = asking.now;
+        let _ = write!(self.sql.text, "({c}.period_start IS NULL OR {c}.period_start <= ");
+        self.sql.bind(Bind::Int(now));
+        let _ = write!(self.sql.text, ") AND ({c}.period_end IS NULL OR {c}.period_end > ");
+        self.sql.bind(Bind::Int(now)).push(")");
+        let criterion = |sql: &mut Sql, flag: &str, kind: &str| {
+            let _ = write!(
+                sql.text,
+                " AND (NOT {c}.has_{flag} OR EXISTS (SELECT 1 FROM consent_criterion k WHERE k.consent_id = {c}.consent_id AND k.rule = {c}.rule AND k.kind"
+            );
+            let _ = write!(sql.text, "{kind} AND ");
+        };
+        for (flag, values) in [("actor", &asking.actors), ("purpose", &asking.purposes)] {
+            criterion(&mut self.sql, flag, &format!(" = '{flag}'"));
+            if values.is_empty() {
+                self.sql.push("1 = 0");
+            } else {
+                self.sql.push("k.value IN ").list(values);
+            }
+            self.sql.push("))");
+        }
+        criterion(&mut self.sql, "class", " = 'class'");
+        let _ = write!(self.sql.text, "k.value = {alias}.resource_type))");
+        criterion(&mut self.sql, "label", " = 'label'");
+        let _ = write!(self.sql.text, "EXISTS (SELECT 1 FROM search_token s WHERE s.resource_type = {alias}.resource_type AND s.resource_id = {alias}.id AND s.param = '_security' AND s.system = k.system AND s.code = k.value)))");
+        criterion(&mut self.sql, "data", " LIKE 'data%'");
+        let _ = write!(
+            self.sql.text,
+            "((k.kind = 'data' OR k.kind = 'data-related' OR k.kind = 'data-dependents') AND k.system = {alias}.resource_type AND k.value = {alias}.id \
+             OR k.kind = 'data-related' AND EXISTS (SELECT 1 FROM resource_links l WHERE l.source_type = k.system AND l.source_id = k.value AND l.target_type = {alias}.resource_type AND l.target_id = {alias}.id) \
+             OR k.kind = 'data-dependents' AND EXISTS (SELECT 1 FROM resource_links l WHERE l.source_type = {alias}.resource_type AND l.source_id = {alias}.id AND l.target_type = k.system AND l.target_id = k.value))))"
+        );
     }
 
     /// An index row of `param` whose values meet the tests of `values`, joined by `join` (OR
@@ -805,7 +944,7 @@ impl<'a> Compiler<'a> {
 fn drive_rank(filter: &Filter) -> Option<u8> {
     match filter {
         Filter::Test { modifier: Modifier::Not, .. } | Filter::Missing { .. } => None,
-        Filter::Id(_) | Filter::LastUpdated(_) => None,
+        Filter::Id(_) | Filter::LastUpdated(_) | Filter::Disclosed { .. } | Filter::Not(_) => None,
         Filter::Test { kind: ParamKind::Reference, .. } => Some(1),
         Filter::Test { param, .. } if param == "identifier" => Some(1),
         Filter::Chain { .. } => Some(2),

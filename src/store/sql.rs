@@ -164,3 +164,12 @@ pub const SELECT_LIVE_SUBSCRIPTIONS: &str = "SELECT r.id, r.content FROM resourc
 pub const SELECT_REQUESTED_SUBSCRIPTIONS: &str = "SELECT r.id FROM resources r \
      WHERE r.resource_type = 'Subscription' AND NOT r.deleted AND r.id IN (SELECT t.resource_id FROM search_token t \
      WHERE t.resource_type = 'Subscription' AND t.param = 'status' AND t.code = 'requested')";
+
+/// Whether any Consent rule is stored.
+pub const ANY_CONSENT_RULE: &str = "SELECT consent_id FROM consent_rule LIMIT 1";
+/// Ids of the `$1` resources whose `$2` references `$3/$4`.
+pub const SELECT_REFERRERS: &str = "SELECT resource_id FROM search_reference \
+     WHERE resource_type = $1 AND param = $2 AND target_type = $3 AND target_id = $4";
+/// What resource `$1/$2` references through `$3`.
+pub const SELECT_TARGETS: &str = "SELECT target_type, target_id FROM search_reference \
+     WHERE resource_type = $1 AND resource_id = $2 AND param = $3 AND target_type IS NOT NULL AND target_id IS NOT NULL";

@@ -380,6 +380,7 @@ impl WriteTx {
             // and `_since` rely on lastUpdated growing with the version.
             let now = current.map_or_else(fhir::now_millis, |c| fhir::now_millis().max(c.2 + 1));
             let content = resource.map(|mut r| {
+                crate::auth::labels::add_labels(&mut r, extras.labels);
                 fhir::stamp(&mut r, id, new_version, now);
                 Value::Object(r).to_string()
             });
@@ -415,9 +416,9 @@ impl WriteTx {
                 targets.sort_by(|a, b| (&a.resource_type, &a.id).cmp(&(&b.resource_type, &b.id)));
                 targets.dedup_by(|a, b| a.resource_type == b.resource_type && a.id == b.id);
             }
-            let index = if content.is_some() { extras.index } else { &[] };
+            let derived = if content.is_some() { (extras.index, extras.consent) } else { (&[][..], &[][..]) };
             // A resource that did not exist has no rows to remove.
-            for statement in search_sql::derived_rows(dialect, ty.as_str(), id, index, &targets, current.is_some()) {
+            for statement in search_sql::derived_rows(dialect, ty.as_str(), id, derived, &targets, current.is_some()) {
                 bind_all!(sqlx::query(&statement.text), statement).execute(&mut *conn).await?;
             }
             let version = Version {

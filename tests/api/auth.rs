@@ -75,6 +75,11 @@ pub struct Secured {
 
 impl Secured {
     pub async fn new(app: &TestApp) -> Self {
+        Self::with(app, |_| {}).await
+    }
+
+    /// Like [`Self::new`], with settings changed by `configure`.
+    pub async fn with(app: &TestApp, configure: impl FnOnce(&mut liaison::config::Config)) -> Self {
         let keys = Keys::new("ec-1");
         let dir = tempfile::tempdir().unwrap();
         let jwks = dir.path().join("jwks.json");
@@ -84,9 +89,19 @@ impl Secured {
             c.auth_audience = Some(AUDIENCE.into());
             c.auth_jwks = Some(jwks.display().to_string());
             c.auth_token_endpoint = Some(format!("{ISSUER}/token"));
+            configure(c);
         })
         .await;
         Self { app: secured, keys, _dir: dir }
+    }
+
+    /// A token with `scope` and these further claims (`fhirUser`, `patient`, `clearance`, …).
+    pub fn token_with(&self, scope: &str, extra: Value) -> String {
+        let mut c = claims(scope, None);
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            c[k] = v.clone();
+        }
+        self.keys.sign(Algorithm::ES256, &c)
     }
 
     pub fn token(&self, scope: &str, patient: Option<&str>) -> String {

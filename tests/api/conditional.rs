@@ -189,6 +189,10 @@ fn minimal(ty: &str, pid: &str) -> Option<Value> {
         "ServiceRequest" => json!({"resourceType": ty, "status": "active", "intent": "order", "subject": subject}),
         "Task" => json!({"resourceType": ty, "status": "requested", "intent": "order"}),
         "Condition" => json!({"resourceType": ty, "subject": subject}),
+        // A draft Consent: stored, and no rules until it is active.
+        "Consent" => json!({"resourceType": ty, "status": "draft", "patient": subject,
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}]}),
         "Observation" => json!({"resourceType": ty, "status": "final", "code": coded}),
         "QuestionnaireResponse" => json!({"resourceType": ty, "status": "completed"}),
         "Subscription" => {

@@ -11,6 +11,7 @@ mod bundle;
 mod concurrency;
 mod conditional;
 mod crud;
+mod disclosure;
 mod everything;
 mod examples;
 mod helpers;
@@ -36,6 +37,9 @@ macro_rules! tests {
 fn main() {
     let args = Arguments::from_args();
     let tests: Vec<(&str, TestFn)> = tests![
+        disclosure::labels_and_consents_leak_through_no_path,
+        disclosure::consents_are_enforced_as_written_or_refused,
+        disclosure::notifications_carry_only_what_anyone_may_see,
         crud::create_assigns_id_version_and_headers,
         crud::create_ignores_client_id_and_server_meta,
         crud::read_returns_the_resource_as_sent,

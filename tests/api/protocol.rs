@@ -46,6 +46,7 @@ pub async fn metadata_lists_exactly_what_is_served(app: TestApp) {
         "CarePlan",
         "CareTeam",
         "Condition",
+        "Consent",
         "Encounter",
         "Goal",
         "Observation",

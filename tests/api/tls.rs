@@ -271,3 +271,36 @@ pub async fn unprotected_exposure_is_refused(app: TestApp) {
     config.allow_insecure_exposure = true;
     assert!(config.check_exposure().unwrap().unwrap().contains("--allow-insecure-exposure"));
 }
+
+/// A server over `app` that takes only callers with a client certificate of a partner
+/// authority (mutual TLS), and one partner's connection to it.
+pub struct MutualTls {
+    server: Server,
+    connector: TlsConnector,
+}
+
+impl MutualTls {
+    pub async fn start(app: &TestApp, partner: &str) -> Self {
+        let ca = Authority::new("Liaison Test CA");
+        let partners = Authority::new("Referral Partners CA");
+        let server = start(app, &ca.issue(&["localhost"], "liaison.test"), Some(&partners)).await;
+        let identity = partners.issue(&[partner], partner);
+        Self { server, connector: client(&ca, &[&rustls::version::TLS13], Some(&identity)) }
+    }
+
+    /// `GET /fhir/{path}` with a bearer token: the status code and the body.
+    pub async fn get(&self, path: &str, token: &str) -> (u16, String) {
+        let raw = format!(
+            "GET /fhir/{path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        let tcp = TcpStream::connect(self.server.addr).await.unwrap();
+        let mut stream = self.connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+        stream.write_all(raw.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+}

@@ -260,7 +260,7 @@ mod tests {
             params.unsupported().iter().map(|u| format!("{}.{}: {}", u.resource_type, u.code, u.reason)).collect();
         assert!(offered >= 280, "{offered} offered");
         assert!(not.is_empty(), "{not:#?}");
-        assert_eq!(offered, 341, "307 of the clinical types, 11 of Subscription and 23 of AuditEvent");
+        assert_eq!(offered, 361, "307 of the clinical types, 20 of Consent, 11 of Subscription and 23 of AuditEvent");
         for ty in SUPPORTED_TYPES {
             let mut codes: Vec<&str> = params.for_type(ty).iter().map(|p| p.code.as_str()).collect();
             let all = codes.len();

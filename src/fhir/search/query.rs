@@ -143,6 +143,14 @@ pub enum Filter {
         patient: String,
         params: Vec<String>,
     },
+    /// What the caller may see (never parsed; the disclosure policy adds it): no label of
+    /// `withheld`, and, when `consent` is given, no patient's Consent withholding it from them.
+    Disclosed {
+        withheld: Vec<(String, String)>,
+        consent: Option<crate::auth::consent::Asking>,
+    },
+    /// The filter does not hold.
+    Not(Box<Filter>),
 }
 
 /// A sort key.
