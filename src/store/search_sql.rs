@@ -585,6 +585,12 @@ impl<'a> Compiler<'a> {
     /// The resource at `alias` carries none of the `withheld` labels and no Consent of its
     /// patients withholds it from `asking` (see [`crate::auth::consent`] for the rules).
     fn disclosed(&mut self, alias: &str, types: &[String], withheld: &[(String, String)], asking: Option<&Asking>) {
+        if types.iter().all(|t| t == "AuditEvent") {
+            // The audit trail is for those who audit access (its own scope grants it); it holds
+            // references and codes, no clinical content, and Consents do not govern it.
+            self.sql.push("1 = 1");
+            return;
+        }
         self.sql.push("(");
         if withheld.is_empty() {
             self.sql.push("1 = 1");

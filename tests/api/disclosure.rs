@@ -394,6 +394,16 @@ pub async fn consents_are_enforced_as_written_or_refused(app: TestApp) {
     let expired = consent(json!({"type": "deny", "period": {"end": "2020-01-01"}}));
     s.send(&writer, Method::POST, "Consent", Some(expired)).await.expect(201);
     s.get(&reader, "Task/t2").await.expect(200);
+    // "Nobody": everything of the patient is withheld, from searches and counts too; the audit
+    // trail still shows auditors every access to the patient's record.
+    s.send(&writer, Method::POST, "Consent", Some(consent(json!({"type": "deny"})))).await.expect(201);
+    s.get(&reader, "Task/t2").await.expect(403);
+    s.get(&reader, "Patient/p").await.expect(403);
+    let none = s.get(&reader, "Task?_total=accurate").await;
+    assert_eq!((entries(&none.json).len(), none.json["total"].clone()), (0, json!(0)));
+    let auditor = s.token("system/AuditEvent.rs", None);
+    let trail = s.get(&auditor, "AuditEvent?patient=Patient/p&_total=accurate").await;
+    assert!(trail.json["total"].as_u64().unwrap() > 5, "{}", trail.text);
 }
 
 pub async fn notifications_carry_only_what_anyone_may_see(app: TestApp) {
