@@ -149,10 +149,23 @@ pub async fn notify(state: &AppState, tx: &mut WriteTx, ty: ResourceType, versio
         return Ok(());
     }
     let mut queued = Vec::new();
+    let mut anyone = None;
     for (subscription_id, content) in tx.live_subscriptions(ty).await? {
         let Ok(subscription) = serde_json::from_str::<Map<String, Value>>(&content) else { continue };
         let criteria = subscription.get("criteria").and_then(Value::as_str).unwrap_or_default();
-        let Ok((watched, filters)) = criteria_filters(state, criteria) else { continue };
+        let Ok((watched, mut filters)) = criteria_filters(state, criteria) else { continue };
+        // Chains and `_has` in criteria see only what anyone may see: a criteria such as
+        // `Patient?_has:Observation:code=<psychotherapy note>` must not reveal withheld records.
+        if filters.iter().any(|f| matches!(f, Filter::Chain { .. } | Filter::Has { .. })) {
+            if anyone.is_none() {
+                anyone = Some(crate::http::disclose::anonymous(state).await?);
+            }
+            if let Some(anyone) = &anyone {
+                for f in &mut filters {
+                    crate::http::disclose::disclose_traversed(f, anyone);
+                }
+            }
+        }
         if watched == ty && tx.matches(ty, &version.id, &filters).await? {
             queued.push(Notification {
                 id: uuid::Uuid::new_v4().to_string(),

@@ -76,13 +76,22 @@ pub fn rules_of(consent: &Map<String, Value>, base_url: &str) -> Result<Vec<Cons
     let privacy =
         codings(consent.get("scope")).any(|(s, c)| c == "patient-privacy" && s.is_none_or(|s| s == SCOPE_SYSTEM));
     let patient = consent.get("patient").and_then(|p| local_reference(p, base_url));
-    let Some(root) = consent.get("provision").and_then(Value::as_object) else { return Ok(Vec::new()) };
+    let root = consent.get("provision").and_then(Value::as_object);
     // Checked whatever the status, so that activating a Consent later cannot fail.
-    check(root, true)?;
-    let (true, true, Some((patient_type, patient))) = (active, privacy, patient) else { return Ok(Vec::new()) };
-    if patient_type != "Patient" {
+    if let Some(root) = root {
+        check(root, true, base_url)?;
+    }
+    if !(active && privacy) {
         return Ok(Vec::new());
     }
+    let Some(("Patient", patient)) = patient.as_ref().map(|(t, i)| (t.as_str(), i.clone())) else {
+        return Err("an active patient-privacy Consent must name a Patient of this server".into());
+    };
+    let Some(root) = root else {
+        return Err("an active patient-privacy Consent needs a provision: this server enforces provisions, not \
+                    policy rules alone"
+            .into());
+    };
     if !governs_reads(root) {
         return Ok(Vec::new());
     }
@@ -102,16 +111,36 @@ pub fn rules_of(consent: &Map<String, Value>, base_url: &str) -> Result<Vec<Cons
     Ok(out)
 }
 
-/// Refuses what the rules could not express.
-fn check(provision: &Map<String, Value>, root: bool) -> Result<(), String> {
+/// Refuses what the rules could not express: a criterion left out would widen a permit or
+/// narrow a deny.
+fn check(provision: &Map<String, Value>, root: bool, base_url: &str) -> Result<(), String> {
     for unsupported in ["code", "dataPeriod"] {
         if provision.contains_key(unsupported) {
             return Err(format!("Consent.provision.{unsupported} is not enforced by this server"));
         }
     }
-    for data in provision.get("data").and_then(Value::as_array).into_iter().flatten() {
+    let list = |key: &str| provision.get(key).and_then(Value::as_array).into_iter().flatten();
+    for data in list("data") {
         if data.get("meaning").and_then(Value::as_str) == Some("authoredby") {
             return Err("Consent.provision.data with meaning 'authoredby' is not enforced by this server".into());
+        }
+        if data.get("reference").and_then(|r| local_reference(r, base_url)).is_none() {
+            return Err("Consent.provision.data.reference must reference a resource of this server".into());
+        }
+    }
+    for actor in list("actor") {
+        if actor.get("reference").and_then(|r| local_reference(r, base_url)).is_none() {
+            return Err("Consent.provision.actor.reference must reference a resource of this server (actors by \
+                        role alone are not enforced)"
+                .into());
+        }
+    }
+    for (key, what) in [("purpose", "purpose"), ("securityLabel", "securityLabel"), ("class", "class")] {
+        for coding in list(key) {
+            let has = |k: &str| coding.get(k).and_then(Value::as_str).is_some_and(|v| !v.is_empty());
+            if !has("code") || (key != "class" && !has("system")) {
+                return Err(format!("Consent.provision.{what} needs a system and a code"));
+            }
         }
     }
     for nested in provision.get("provision").and_then(Value::as_array).into_iter().flatten() {
@@ -119,7 +148,7 @@ fn check(provision: &Map<String, Value>, root: bool) -> Result<(), String> {
             return Err("Consent provisions nested more than one level deep are not enforced by this server".into());
         }
         if let Some(nested) = nested.as_object() {
-            check(nested, false)?;
+            check(nested, false, base_url)?;
         }
     }
     Ok(())
@@ -205,8 +234,15 @@ fn local_reference(reference: &Value, base_url: &str) -> Option<(String, String)
         None if text.contains("://") => return None,
         None => text,
     };
-    let (ty, id) = local.split_once('/')?;
-    (!ty.is_empty() && !id.is_empty() && !id.contains('/')).then(|| (ty.to_owned(), id.to_owned()))
+    // `Type/id`, or a version of it (`Type/id/_history/v`).
+    let mut parts = local.split('/');
+    let (ty, id) = (parts.next()?, parts.next()?);
+    let well_formed = match (parts.next(), parts.next(), parts.next()) {
+        (None, _, _) => true,
+        (Some("_history"), Some(v), None) => !v.is_empty(),
+        _ => false,
+    };
+    (well_formed && !ty.is_empty() && !id.is_empty()).then(|| (ty.to_owned(), id.to_owned()))
 }
 
 #[cfg(test)]

@@ -114,7 +114,8 @@ struct Claims {
     /// Security-label clearance (`R`, `V`, sensitivity codes such as `PSYTHPN`, and `BTG`):
     /// an array, or a space-separated string.
     clearance: Option<Words>,
-    /// Purposes of use (v3 ActReason codes such as `TREAT`, `HPAYMT`); `TREAT` when absent.
+    /// Purposes of use (v3 ActReason codes such as `TREAT`, `HPAYMT`); when absent, any
+    /// purpose: Consents that deny for a purpose apply, those that permit for one do not.
     purpose_of_use: Option<Words>,
 }
 
@@ -198,7 +199,7 @@ impl Authenticator {
             fhir_user: claims.fhir_user,
             scopes,
             clearance: Clearance::new(claims.clearance.map(Words::into_vec).unwrap_or_default()),
-            purposes: claims.purpose_of_use.map(Words::into_vec).unwrap_or_else(|| vec!["TREAT".to_owned()]),
+            purposes: claims.purpose_of_use.map(Words::into_vec).unwrap_or_default(),
             ..Principal::default()
         })
     }

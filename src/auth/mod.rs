@@ -142,6 +142,9 @@ pub struct Principal {
     pub purposes: Vec<String>,
     /// The reason given for breaking the glass, when the caller did (and may).
     pub break_glass: Option<String>,
+    /// What is withheld from this caller, worked out once per request (see
+    /// `http::disclose::disclosure`).
+    pub disclosure: std::sync::Arc<tokio::sync::OnceCell<Option<crate::fhir::search::query::Filter>>>,
 }
 
 /// What a principal may do with one type and interaction.

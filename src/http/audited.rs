@@ -96,7 +96,8 @@ async fn finish(state: &AppState, seen: Seen, mut response: Response) -> Respons
     record.break_glass = record.caller.as_ref().and_then(|c| c.break_glass.clone());
     // Breaking the glass is recorded twice: with the interaction, and as a security alert
     // listing everything disclosed.
-    let alert = record.break_glass.as_ref().filter(|_| record.status < 400).map(|_| {
+    // Refused attempts raise the alert too (with the refusal as the outcome).
+    let alert = record.break_glass.as_ref().map(|_| {
         let disclosed = if detail.disclosed.is_empty() { record.entities.clone() } else { detail.disclosed };
         AuditRecord { entities: disclosed, query: None, withheld: Vec::new(), alert: true, ..record.clone() }
     });

@@ -49,9 +49,13 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         principal.address = Some(peer.addr.ip().to_string());
         principal.certificate.clone_from(&peer.client_subject);
     }
-    principal.break_glass = match disclose::break_glass(&principal, req.headers().get(disclose::BREAK_GLASS_HEADER)) {
+    let glass = req.headers().get(disclose::BREAK_GLASS_HEADER);
+    principal.break_glass = match disclose::break_glass(&principal, glass) {
         Ok(reason) => reason,
         Err(e) => {
+            // The attempt is audited, with the reason given, as a refused break-the-glass.
+            let given = glass.and_then(|v| v.to_str().ok()).map(str::trim).filter(|r| !r.is_empty());
+            principal.break_glass = Some(given.unwrap_or("(no reason given)").chars().take(500).collect());
             let mut response = e.into_response();
             response.extensions_mut().insert(principal);
             return response;

@@ -321,8 +321,9 @@ async fn write_all(
         let plan = plan(state, caller, tx, entry).await.map_err(|e| e.in_entry(entry.index))?;
         let mut ids: Vec<String> = plan.id.iter().cloned().collect();
         if let (Verb::Delete, Target::Search(filters)) = (&entry.method, &plan.target) {
-            let filters =
-                confined_condition(caller, plan.ty, Perm::Delete, filters).map_err(|e| e.in_entry(entry.index))?;
+            let filters = confined_condition(state, caller, plan.ty, Perm::Delete, filters)
+                .await
+                .map_err(|e| e.in_entry(entry.index))?;
             ids = tx.find(plan.ty, &filters, state.limits.max_conditional_deletes as i64 + 1).await?;
         }
         for id in &ids {
@@ -386,14 +387,16 @@ async fn plan<'e>(
         Verb::Delete => Perm::Delete,
         _ => Perm::Update,
     };
-    let condition =
-        |q: &str| confined_condition(caller, ty, perm, &parse_condition(state, ty, q, "the condition in request.url")?);
+    let condition = |q: &str| {
+        let parsed = parse_condition(state, ty, q, "the condition in request.url");
+        async move { confined_condition(state, caller, ty, perm, &parsed?).await }
+    };
     let (target, id) = match (&entry.method, segments.as_slice(), query) {
         (Verb::Post, [_], None) => {
             let id = match &entry.if_none_exist {
                 Some(q) => {
                     let filters = parse_condition(state, ty, q, "ifNoneExist")?;
-                    find_one(tx, ty, &confined_condition(caller, ty, perm, &filters)?).await?
+                    find_one(tx, ty, &confined_condition(state, caller, ty, perm, &filters).await?).await?
                 }
                 None => None,
             };
@@ -407,7 +410,7 @@ async fn plan<'e>(
             (Target::Id((*id).to_owned()), Some((*id).to_owned()))
         }
         (Verb::Put, [_], Some(q)) => {
-            let filters = condition(q)?;
+            let filters = condition(q).await?;
             let body_id = resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str).map(str::to_owned);
             let id = match find_one(tx, ty, &filters).await? {
                 Some(found) => found,
@@ -420,13 +423,13 @@ async fn plan<'e>(
             (Target::Search(filters), Some(id))
         }
         (Verb::Patch, [_], Some(q)) => {
-            let filters = condition(q)?;
+            let filters = condition(q).await?;
             let id = find_one(tx, ty, &filters)
                 .await?
                 .ok_or_else(|| AppError::NotFound(format!("a {ty} matching the condition")))?;
             (Target::Search(filters), Some(id))
         }
-        (Verb::Delete, [_], Some(q)) => (Target::Search(condition(q)?), None),
+        (Verb::Delete, [_], Some(q)) => (Target::Search(condition(q).await?), None),
         _ => {
             return Err(invalid(format!(
                 "{} {} is not an interaction a transaction can hold",
@@ -481,7 +484,7 @@ async fn rewrite(
             }
             let ty = entry_type(state, ty)?;
             let filters = parse_condition(state, ty, query, "a conditional reference")?;
-            let filters = confined_condition(caller, ty, Perm::Search, &filters)?;
+            let filters = confined_condition(state, caller, ty, Perm::Search, &filters).await?;
             let mut ids = tx.find(ty, &filters, 2).await?;
             if ids.len() != 1 {
                 return Err(AppError::PreconditionFailed(format!(

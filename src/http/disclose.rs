@@ -37,7 +37,14 @@ pub async fn disclosure(state: &AppState, caller: &Principal) -> Result<Option<F
     if caller.unrestricted || caller.break_glass.is_some() {
         return Ok(None);
     }
-    Ok(Some(Filter::Disclosed { withheld: caller.clearance.withheld(), consent: asking(state, caller).await? }))
+    let filter = caller
+        .disclosure
+        .get_or_try_init(|| async {
+            let consent = asking(state, caller).await?;
+            Ok::<_, StoreError>(Some(Filter::Disclosed { withheld: caller.clearance.withheld(), consent }))
+        })
+        .await?;
+    Ok(filter.clone())
 }
 
 /// Who is asking, for Consents; `None` when no Consent is stored (nothing to evaluate).
@@ -109,21 +116,63 @@ pub async fn keep_disclosed(
     types.sort();
     types.dedup();
     let mut hidden: HashSet<(String, String)> = HashSet::new();
+    let mut gone: HashSet<(String, String)> = HashSet::new();
     for ty in types {
         let mut ids: Vec<String> = versions.iter().filter(|v| v.resource_type == ty).map(|v| v.id.clone()).collect();
         ids.sort();
         ids.dedup();
         hidden.extend(withheld_ids(state, ty, &ids, disclosed).await?.into_iter().map(|id| (ty.to_owned(), id)));
+        let live: HashSet<String> =
+            state.store.ids(ty, &[Filter::Id(ids.clone())], ids.len() as i64).await?.into_iter().collect();
+        gone.extend(ids.into_iter().filter(|id| !live.contains(id)).map(|id| (ty.to_owned(), id)));
+    }
+    // A deleted resource has no index rows for the database to judge it by: its versions are
+    // judged by their own content (a deletion by the version before it), and withheld when
+    // its patient has Consents.
+    let mut judged: Vec<Version> = Vec::with_capacity(versions.len());
+    for v in &versions {
+        let deletion = v.content.is_none() && gone.contains(&(v.resource_type.clone(), v.id.clone()));
+        let before = match (deletion, state.registry.resource_type(&v.resource_type)) {
+            (true, Some(ty)) if v.version_id > 1 => state.store.vread(ty, &v.id, v.version_id - 1).await?,
+            _ => None,
+        };
+        judged.push(before.unwrap_or_else(|| v.clone()));
+    }
+    let consents = matches!(disclosed, Filter::Disclosed { consent: Some(_), .. });
+    let mut consented = HashSet::new();
+    if consents && !gone.is_empty() {
+        let mut patients: Vec<String> = judged
+            .iter()
+            .filter(|v| gone.contains(&(v.resource_type.clone(), v.id.clone())))
+            .flat_map(|v| patients_of(state, v))
+            .collect();
+        patients.sort();
+        patients.dedup();
+        consented = state.store.consent_patients(&patients).await?;
     }
     let (mut kept, mut withheld) = (Vec::new(), Vec::new());
-    for v in versions {
-        if hidden.contains(&(v.resource_type.clone(), v.id.clone())) || !version_clears(&v, disclosed) {
+    for (v, judged) in versions.into_iter().zip(&judged) {
+        let key = (v.resource_type.clone(), v.id.clone());
+        let consent_governed = gone.contains(&key)
+            && !consented.is_empty()
+            && patients_of(state, judged).iter().any(|p| consented.contains(p));
+        if hidden.contains(&key) || consent_governed || !version_clears(judged, disclosed) {
             withheld.push(format!("{}/{}/_history/{}", v.resource_type, v.id, v.version_id));
         } else {
             kept.push(v);
         }
     }
     Ok((kept, withheld))
+}
+
+/// The patients whose compartment a version's content puts it in.
+fn patients_of(state: &AppState, version: &Version) -> Vec<String> {
+    let Some(resource) = version.content.as_deref().and_then(|c| serde_json::from_str(c).ok()) else {
+        return Vec::new();
+    };
+    let index =
+        state.registry.search.extract(&state.registry.definitions, &version.resource_type, &resource, &state.base_url);
+    crate::http::audited::patients_in(&version.resource_type, &version.id, &index)
 }
 
 /// Checks that `caller` may see `version`: 403 otherwise, as a response that tells the audit

@@ -77,6 +77,19 @@ fn parse_cursor(text: &str) -> Option<HistoryCursor> {
     parts.next().is_none().then_some(cursor)
 }
 
+/// How many rounds of reading a history page takes at most to fill itself past withheld entries.
+const FILL_ROUNDS: usize = 8;
+
+/// The position after `v`.
+fn cursor_of(v: &Version) -> HistoryCursor {
+    HistoryCursor {
+        last_updated: v.last_updated,
+        resource_type: v.resource_type.clone(),
+        id: v.id.clone(),
+        version_id: v.version_id,
+    }
+}
+
 /// `GET /_history`.
 pub async fn system(
     State(state): State<AppState>,
@@ -135,20 +148,41 @@ async fn history(
     query: Option<&str>,
 ) -> Result<Response, AppError> {
     let params = parse_params(query)?;
-    let q = HistoryQuery {
-        scope,
-        since: params.since.as_ref().map(|s| s.1),
-        cursor: params.cursor.clone(),
-        count: params.count + 1,
+    let disclosed = disclosure(state, caller).await?;
+    let count = params.count as usize;
+    let (mut versions, mut withheld) = (Vec::new(), Vec::new());
+    let mut cursor = params.cursor.clone();
+    let mut has_next = false;
+    // A page is filled with what the caller may see. Its `next` link continues after the last
+    // entry shown, never after a withheld one (the cursor names its entry); withheld entries
+    // are looked at again, and passed over again, by the next page.
+    for _ in 0..FILL_ROUNDS {
+        let remaining = count - versions.len();
+        let q = HistoryQuery {
+            scope: scope.clone(),
+            since: params.since.as_ref().map(|s| s.1),
+            cursor: cursor.clone(),
+            count: remaining as u32 + 1,
+        };
+        let mut batch = state.store.history(&q).await?;
+        let more = batch.len() > remaining;
+        batch.truncate(remaining);
+        cursor = batch.last().map(cursor_of).or(cursor);
+        let (kept, hidden) = keep_disclosed(state, disclosed.as_ref(), batch).await?;
+        versions.extend(kept);
+        withheld.extend(hidden);
+        // `_count=0` asks for no entries, and so for no further pages.
+        has_next = more && count > 0;
+        if !more || versions.len() == count {
+            break;
+        }
+    }
+    let last_seen = match &disclosed {
+        None => cursor.map(|c| format!("{}:{}:{}:{}", c.last_updated, c.resource_type, c.id, c.version_id)),
+        // Nothing shown after every round: the page ends without a way on rather than with
+        // a cursor that would name a withheld entry.
+        Some(_) => versions.last().map(|v| format!("{}:{}:{}:{}", v.last_updated, v.resource_type, v.id, v.version_id)),
     };
-    let mut versions = state.store.history(&q).await?;
-    let has_next = versions.len() > params.count as usize;
-    versions.truncate(params.count as usize);
-    // Paging follows the stored history, so a page may hold fewer entries than `_count` when
-    // some were withheld; the `next` link still continues after the last one looked at.
-    let last_seen =
-        versions.last().map(|v| format!("{}:{}:{}:{}", v.last_updated, v.resource_type, v.id, v.version_id));
-    let (versions, withheld) = keep_disclosed(state, disclosure(state, caller).await?.as_ref(), versions).await?;
 
     let base = &state.base_url;
     let page_url = |cursor: Option<String>| {

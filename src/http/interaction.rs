@@ -185,8 +185,8 @@ struct Rights<'a>(&'a Principal, &'a AppState);
 
 impl Rights<'_> {
     /// The search of a conditional write, confined to what the caller may act on.
-    fn condition(&self, ty: ResourceType, perm: Perm, filters: &[Filter]) -> Result<Vec<Filter>, AppError> {
-        confined_condition(self.0, ty, perm, filters)
+    async fn condition(&self, ty: ResourceType, perm: Perm, filters: &[Filter]) -> Result<Vec<Filter>, AppError> {
+        confined_condition(self.1, self.0, ty, perm, filters).await
     }
 
     /// Update, or Create when `ty/id` does not exist (update as create).
@@ -234,7 +234,8 @@ impl Rights<'_> {
 
 /// The search of a conditional interaction with `perm`, confined to what `caller` may act on
 /// (403 when it may not act on the type at all).
-pub fn confined_condition(
+pub async fn confined_condition(
+    state: &AppState,
     caller: &Principal,
     ty: ResourceType,
     perm: Perm,
@@ -245,6 +246,14 @@ pub fn confined_condition(
         confine_traversed(caller, filter)?;
     }
     filters.extend(compartment_filter(&require(caller, ty.as_str(), perm)?));
+    // A condition sees what a search by the caller would: what is withheld from it neither
+    // matches nor counts (a conditional create may then create what it could not see).
+    if let Some(disclosed) = disclose::disclosure(state, caller).await? {
+        for filter in &mut filters {
+            disclose::disclose_traversed(filter, &disclosed);
+        }
+        filters.push(disclosed);
+    }
     Ok(filters)
 }
 
@@ -272,9 +281,8 @@ async fn apply(state: &AppState, caller: &Principal, tx: &mut WriteTx, write: &W
         WriteKind::Create { id, resource, derived, if_none_exist } => {
             rights.content(ty, id, Perm::Create, derived)?;
             if let Some(filters) = if_none_exist {
-                let filters = rights.condition(ty, Perm::Create, filters)?;
+                let filters = rights.condition(ty, Perm::Create, filters).await?;
                 if let Some(found) = find_one(tx, ty, &filters).await? {
-                    rights.visible(tx, ty, &found).await?;
                     // R4 http.html#ccreate: one match, the request is ignored and the match returned.
                     let version = tx.current(ty, &found).await?;
                     let entities = vec![format!("{ty}/{found}")];
@@ -295,7 +303,7 @@ async fn apply(state: &AppState, caller: &Principal, tx: &mut WriteTx, write: &W
             let id = match target {
                 Target::Id(id) => id.clone(),
                 Target::Search(filters) => {
-                    match (find_one(tx, ty, &rights.condition(ty, Perm::Update, filters)?).await?, body_id) {
+                    match (find_one(tx, ty, &rights.condition(ty, Perm::Update, filters).await?).await?, body_id) {
                         (Some(found), Some(given)) if given != found => {
                             return Err(AppError::invalid(
                                 IssueType::Invalid,
@@ -330,7 +338,7 @@ async fn apply(state: &AppState, caller: &Principal, tx: &mut WriteTx, write: &W
         WriteKind::Patch { target, patch, expect } => {
             let id = match target {
                 Target::Id(id) => id.clone(),
-                Target::Search(filters) => find_one(tx, ty, &rights.condition(ty, Perm::Update, filters)?)
+                Target::Search(filters) => find_one(tx, ty, &rights.condition(ty, Perm::Update, filters).await?)
                     .await?
                     .ok_or_else(|| AppError::NotFound(format!("a {ty} matching the condition")))?,
             };
@@ -379,7 +387,7 @@ async fn apply(state: &AppState, caller: &Principal, tx: &mut WriteTx, write: &W
             // R4 http.html#cdelete: several matches are deleted only where the server is
             // configured to; otherwise they are refused with 412.
             let max = state.limits.max_conditional_deletes.max(1);
-            let ids = tx.find(ty, &rights.condition(ty, Perm::Delete, filters)?, max as i64 + 1).await?;
+            let ids = tx.find(ty, &rights.condition(ty, Perm::Delete, filters).await?, max as i64 + 1).await?;
             if ids.len() > max {
                 return Err(AppError::PreconditionFailed(if max == 1 {
                     format!("the condition matched several {ty} resources; it must match at most one")

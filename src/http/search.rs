@@ -126,10 +126,11 @@ async fn search(
     })?;
 
     let (included, mut withheld) = includes(state, caller, disclosed.as_ref(), ty, &q, &page.matches).await?;
-    if let (Some(d), None) = (&disclosed, &q.cursor) {
-        // For the audit trail, the first page of a search names (some of) what it withheld.
+    if let (Some(d), Some(range)) = (&disclosed, page_range(&q, &page)) {
+        // For the audit trail: what the stretch of the id order this page covered withheld
+        // (searches in another order name none: finding them would mean scanning them all).
         let mut filters: Vec<Filter> = q.filters.iter().filter(|f| *f != d).cloned().collect();
-        filters.push(Filter::Not(Box::new(d.clone())));
+        filters.extend([range, Filter::Not(Box::new(d.clone()))]);
         let hidden = state.store.ids(ty.as_str(), &filters, WITHHELD_AUDITED).await?;
         withheld.splice(0..0, hidden.into_iter().map(|id| format!("{ty}/{id}")));
     }
@@ -201,6 +202,26 @@ async fn readable(
     let permitted =
         versions.into_iter().filter(|v| allowed.contains(&(v.resource_type.clone(), v.id.clone()))).collect();
     Ok(keep_disclosed(state, disclosed, permitted).await?)
+}
+
+/// The stretch of ids a forward page of a search in id order covered: after the cursor's id,
+/// through its last match (to the end on the last page); `None` for other orders.
+fn page_range(q: &SearchQuery, page: &crate::store::SearchPage) -> Option<Filter> {
+    if !q.sort.is_empty() || q.count == 0 {
+        return None;
+    }
+    let after = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => {
+            let key: Vec<Value> = serde_json::from_str(c.strip_prefix('n')?).ok()?;
+            Some(key.last()?.as_str()?.to_owned())
+        }
+    };
+    let through = match &page.next {
+        Some(_) => Some(page.matches.last()?.id.clone()),
+        None => None,
+    };
+    Some(Filter::IdRange { after, through })
 }
 
 /// The URL `{base}/{path}` with this request's parameters, `_cursor` set to `cursor` (for

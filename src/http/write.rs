@@ -57,9 +57,14 @@ pub async fn execute_audited(
         resource_type: Some(write.ty.as_str().to_owned()),
         entities: done.entities.clone(),
         patients: done.patients.clone(),
+        break_glass: caller.break_glass.clone(),
         ..AuditRecord::default()
     };
     state.audit.record_in(tx, &record).await?;
+    if record.break_glass.is_some() {
+        // A write past labels and Consents is a security alert too.
+        state.audit.record_in(tx, &AuditRecord { alert: true, ..record }).await?;
+    }
     Ok(done)
 }
 

@@ -477,6 +477,18 @@ impl Store {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
+    /// Which of `patients` have Consent rules.
+    pub async fn consent_patients(&self, patients: &[String]) -> Result<HashSet<String>, StoreError> {
+        if patients.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let rows: Vec<(String,)> = on_db!(self, reader, |pool, dialect| {
+            let sql = Compiler::new(dialect, 0).consent_patients(patients);
+            bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(pool).await?
+        });
+        Ok(rows.into_iter().map(|(p,)| p).collect())
+    }
+
     /// Whether any Consent rules are stored (when none are, no access needs evaluating them).
     pub async fn has_consent_rules(&self) -> Result<bool, StoreError> {
         let row: Option<(String,)> =

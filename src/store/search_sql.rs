@@ -452,6 +452,12 @@ impl<'a> Compiler<'a> {
         self.sql
     }
 
+    /// Which of `patients` have Consent rules.
+    pub fn consent_patients(mut self, patients: &[String]) -> Sql {
+        self.sql.push("SELECT DISTINCT patient_id FROM consent_rule WHERE patient_id IN ").list(patients);
+        self.sql
+    }
+
     /// Which of `ids` (of type `ty`) reference Patient `patient` through one of `params`.
     pub fn compartment_members(mut self, ty: &str, ids: &[String], patient: &str, params: &[String]) -> Sql {
         self.sql.push("SELECT DISTINCT x.resource_id FROM search_reference x WHERE x.resource_type = ").text(ty);
@@ -547,6 +553,18 @@ impl<'a> Compiler<'a> {
                 self.sql.push(" AND x.target_type = 'Patient' AND x.target_id = ").text(patient.clone()).push("))");
             }
             Filter::Disclosed { withheld, consent } => self.disclosed(alias, types, withheld, consent.as_ref()),
+            Filter::IdRange { after, through } => {
+                self.sql.push("(1 = 1");
+                if let Some(after) = after {
+                    let _ = write!(self.sql.text, " AND {alias}.id > ");
+                    self.sql.text(after.clone());
+                }
+                if let Some(through) = through {
+                    let _ = write!(self.sql.text, " AND {alias}.id <= ");
+                    self.sql.text(through.clone());
+                }
+                self.sql.push(")");
+            }
             Filter::Not(inner) => {
                 self.sql.push("NOT (");
                 self.condition(alias, types, inner, false);
@@ -585,7 +603,7 @@ impl<'a> Compiler<'a> {
     /// The resource at `alias` carries none of the `withheld` labels and no Consent of its
     /// patients withholds it from `asking` (see [`crate::auth::consent`] for the rules).
     fn disclosed(&mut self, alias: &str, types: &[String], withheld: &[(String, String)], asking: Option<&Asking>) {
-        if types.iter().all(|t| t == "AuditEvent") {
+        if !types.is_empty() && types.iter().all(|t| t == "AuditEvent") {
             // The audit trail is for those who audit access (its own scope grants it); it holds
             // references and codes, no clinical content, and Consents do not govern it.
             self.sql.push("1 = 1");
@@ -651,10 +669,18 @@ impl<'a> Compiler<'a> {
         };
         for (flag, values) in [("actor", &asking.actors), ("purpose", &asking.purposes)] {
             criterion(&mut self.sql, flag, &format!(" = '{flag}'"));
-            if values.is_empty() {
-                self.sql.push("1 = 0");
-            } else {
-                self.sql.push("k.value IN ").list(values);
+            match (flag, values.is_empty()) {
+                (_, false) => {
+                    self.sql.push("k.value IN ").list(values);
+                }
+                // A caller that declares no purpose of use may have any: denials for a purpose
+                // apply to it, permissions for one do not.
+                ("purpose", true) => {
+                    let _ = write!(self.sql.text, "{c}.deny");
+                }
+                _ => {
+                    self.sql.push("1 = 0");
+                }
             }
             self.sql.push("))");
         }
@@ -950,7 +976,9 @@ impl<'a> Compiler<'a> {
 fn drive_rank(filter: &Filter) -> Option<u8> {
     match filter {
         Filter::Test { modifier: Modifier::Not, .. } | Filter::Missing { .. } => None,
-        Filter::Id(_) | Filter::LastUpdated(_) | Filter::Disclosed { .. } | Filter::Not(_) => None,
+        Filter::Id(_) | Filter::LastUpdated(_) | Filter::Disclosed { .. } | Filter::Not(_) | Filter::IdRange { .. } => {
+            None
+        }
         Filter::Test { kind: ParamKind::Reference, .. } => Some(1),
         Filter::Test { param, .. } if param == "identifier" => Some(1),
         Filter::Chain { .. } => Some(2),

@@ -147,7 +147,7 @@ impl WriteTx {
     pub async fn find(&mut self, ty: ResourceType, filters: &[Filter], limit: i64) -> Result<Vec<String>, StoreError> {
         let clock = fhir::now_millis();
         let rows: Vec<(String,)> = on_tx!(self.tx, |conn, dialect| {
-            let key = lock_key(&format!("{ty}?{filters:?}"));
+            let key = condition_key(ty, filters);
             sqlx::query(dialect.lock_condition).bind(key).execute(&mut *conn).await?;
             let sql = Compiler::new(dialect, clock).ids(ty.as_str(), filters, limit);
             bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(&mut *conn).await?
@@ -520,6 +520,29 @@ impl WriteTx {
 
 /// A stable 64-bit key (FNV-1a) for an advisory lock: on a search (conditional interactions
 /// with the same search serialise across connections and replicas) or on a resource.
+/// The lock key of a conditional search: the same for the same condition whoever runs it,
+/// so disclosure filters (per caller, and holding the time) are left out.
+fn condition_key(ty: ResourceType, filters: &[Filter]) -> i64 {
+    fn strip(filter: &Filter) -> Option<Filter> {
+        match filter {
+            Filter::Disclosed { .. } => None,
+            Filter::Chain { param, target_types, inner } => Some(Filter::Chain {
+                param: param.clone(),
+                target_types: target_types.clone(),
+                inner: inner.iter().filter_map(strip).collect(),
+            }),
+            Filter::Has { source_type, param, inner } => Some(Filter::Has {
+                source_type: source_type.clone(),
+                param: param.clone(),
+                inner: inner.iter().filter_map(strip).collect(),
+            }),
+            other => Some(other.clone()),
+        }
+    }
+    let kept: Vec<Filter> = filters.iter().filter_map(strip).collect();
+    lock_key(&format!("{ty}?{kept:?}"))
+}
+
 fn lock_key(text: &str) -> i64 {
     let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     hash as i64

@@ -271,6 +271,29 @@ pub async fn labels_and_consents_leak_through_no_path(app: TestApp) {
         )
         .await;
     r.expect(403);
+    // A conditional delete matches only what its caller may see.
+    let h = [("authorization", format!("Bearer {psychiatrist}"))];
+    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = s.app.send(Method::DELETE, &format!("Observation?code={NOTE_CODE}"), &h, None).await;
+    assert!(r.status.is_success() && !r.text.contains("note"), "{}", r.text);
+    let therapist = s.token_with("user/*.rs", json!({"fhirUser": "Practitioner/therapist", "clearance": "R PSYTHPN"}));
+    s.get(&therapist, "Observation/note").await.expect(200);
+    // History pages never carry a cursor that names a withheld entry.
+    let social = s.token_with("user/*.rs user/Subscription.rs", json!({"fhirUser": "Practitioner/social"}));
+    let page = s.get(&social, "_history?_count=1").await;
+    page.expect(200);
+    let mut next = page.json["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").cloned();
+    let mut pages = 0;
+    while let Some(link) = next {
+        let url = link["url"].as_str().unwrap().trim_start_matches(crate::helpers::BASE).trim_start_matches('/');
+        assert!(!url.contains("note") && !url.contains("dx"), "{url}");
+        let page = s.get(&social, url).await;
+        assert!(!page.text.contains("Observation/note") && !page.text.contains("Session notes"));
+        next = page.json["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").cloned();
+        pages += 1;
+        assert!(pages < 100, "history paging ends");
+    }
+    assert!(pages > 3, "the social worker pages through what it may see: {pages} pages; first: {}", page.text);
     // Breaking the glass takes a reason and the permission.
     let social = s.token_with("user/*.rs", json!({"fhirUser": "Practitioner/social"}));
     let r = s
@@ -306,6 +329,10 @@ pub async fn labels_and_consents_leak_through_no_path(app: TestApp) {
     );
     let alerts: Vec<&&Value> = events.iter().filter(|e| e["type"]["code"] == "110113").collect();
     assert!(!alerts.is_empty(), "break-glass raises security alerts");
+    assert!(
+        alerts.iter().any(|a| a["outcome"] == "4" && a["purposeOfEvent"][0]["text"] == "curious"),
+        "refused attempts too"
+    );
     assert!(alerts
         .iter()
         .all(|a| a["purposeOfEvent"][0]["coding"][0]["code"] == "BTG" && by(a, "Practitioner/social")));
@@ -360,6 +387,15 @@ pub async fn consents_are_enforced_as_written_or_refused(app: TestApp) {
     assert!(r.text.contains("nested"), "{}", r.text);
     let coded = consent(json!({"type": "deny", "code": [{"text": "letters"}]}));
     app.post("Consent", &coded).await.expect(422);
+    // Criteria that could not be matched would widen a permit or narrow a deny: refused too.
+    let elsewhere = consent(json!({"type": "deny", "actor": [{"role": {"text": "nurses"},
+        "reference": {"reference": "https://other.example/fhir/Practitioner/x"}}]}));
+    app.post("Consent", &elsewhere).await.expect(422);
+    let purpose_without_system = consent(json!({"type": "deny", "purpose": [{"code": "HPAYMT"}]}));
+    app.post("Consent", &purpose_without_system).await.expect(422);
+    let mut policy_only = consent(json!({}));
+    policy_only.as_object_mut().unwrap().remove("provision");
+    app.post("Consent", &policy_only).await.expect(422);
     // The specification's own example is accepted ("not this Task"), and applies to data.
     let s = Secured::new(&app).await;
     let writer = s.token("system/*.cruds", None);
@@ -378,7 +414,7 @@ pub async fn consents_are_enforced_as_written_or_refused(app: TestApp) {
     }
     let not_this = consent(json!({"data": [{"meaning": "instance", "reference": reference("Task/t1")}]}));
     s.send(&writer, Method::POST, "Consent", Some(not_this)).await.expect(201);
-    let reader = s.token_with("user/*.rs", json!({"fhirUser": "Practitioner/anyone"}));
+    let reader = s.token_with("user/*.rs", json!({"fhirUser": "Practitioner/anyone", "purpose_of_use": "TREAT"}));
     let tasks = s.get(&reader, "Task?patient=Patient/p&_total=accurate").await;
     assert_eq!(entries(&tasks.json), BTreeSet::from(["Task/t2".to_owned()]));
     assert_eq!(tasks.json["total"], 1);
@@ -390,6 +426,10 @@ pub async fn consents_are_enforced_as_written_or_refused(app: TestApp) {
     s.get(&reader, "Task/t2").await.expect(200);
     let payer = s.token_with("user/*.rs", json!({"fhirUser": "Organization/payer", "purpose_of_use": ["HPAYMT"]}));
     s.get(&payer, "Task/t2").await.expect(403);
+    // A caller that declares no purpose may have any: the denial for payment applies to it.
+    let undeclared = s.token_with("user/*.rs", json!({"fhirUser": "Practitioner/anyone"}));
+    s.get(&undeclared, "Task/t2").await.expect(403);
+
     // An expired Consent no longer applies.
     let expired = consent(json!({"type": "deny", "period": {"end": "2020-01-01"}}));
     s.send(&writer, Method::POST, "Consent", Some(expired)).await.expect(201);
@@ -404,6 +444,12 @@ pub async fn consents_are_enforced_as_written_or_refused(app: TestApp) {
     let auditor = s.token("system/AuditEvent.rs", None);
     let trail = s.get(&auditor, "AuditEvent?patient=Patient/p&_total=accurate").await;
     assert!(trail.json["total"].as_u64().unwrap() > 5, "{}", trail.text);
+    // Once deleted, t2's versions are judged by their content: still withheld.
+    app.delete("Task/t2").await.expect(204);
+    s.get(&reader, "Task/t2/_history/1").await.expect(403);
+    let history = s.get(&reader, "Task/_history").await;
+    history.expect(200);
+    assert!(!history.text.contains("Task/t2") && !history.text.contains("Task/t1"), "{}", history.text);
 }
 
 pub async fn notifications_carry_only_what_anyone_may_see(app: TestApp) {

@@ -151,6 +151,12 @@ pub enum Filter {
     },
     /// The filter does not hold.
     Not(Box<Filter>),
+    /// Ids after `after` and up to `through` (never parsed; the part of the id order one page
+    /// of a search covered).
+    IdRange {
+        after: Option<String>,
+        through: Option<String>,
+    },
 }
 
 /// A sort key.
