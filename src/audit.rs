@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::Principal;
 use crate::fhir::registry::Registry;
 use crate::fhir::search::index::IndexEntry;
-use crate::store::{Store, StoreError, WriteTx};
+use crate::store::{AuditIndex, Store, StoreError, WriteTx};
 use crate::{fhir, in_transaction};
 
 const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
@@ -272,22 +272,14 @@ impl AuditLog {
         }
     }
 
-    /// Records `record` in the caller's transaction (a write and its audit commit together).
-    /// A failure other than a lost race is reported as the trail being unavailable.
-    pub async fn record_in(&self, tx: &mut WriteTx, record: &AuditRecord) -> Result<(), StoreError> {
+    /// Records `record` in the caller's transaction (a write and its audit commit together):
+    /// appended when it commits; if the trail cannot take it, the commit fails.
+    pub fn record_in(&self, tx: &mut WriteTx, record: &AuditRecord) {
         let id = uuid::Uuid::new_v4().to_string();
-        let index = |v: &Value| index_of(&self.registry, &self.base_url, v);
-        match tx.record_audits(vec![(id.clone(), record.to_resource(&self.base_url))], &index).await {
-            Ok(()) => {
-                record.log(&id);
-                Ok(())
-            }
-            Err(StoreError::Contention) => Err(StoreError::Contention),
-            Err(e) => {
-                tracing::error!(error = %e, db.code = e.code(), "writing the audit trail failed; refusing the write");
-                Err(StoreError::AuditUnavailable)
-            }
-        }
+        let (registry, base_url) = (self.registry.clone(), self.base_url.clone());
+        let index: AuditIndex = Arc::new(move |v: &Value| index_of(&registry, &base_url, v));
+        tx.queue_audit(id.clone(), record.to_resource(&self.base_url), index);
+        record.log(&id);
     }
 }
 

@@ -386,7 +386,7 @@ async fn set_status(
                 entities: vec![format!("{ty}/{id}/_history/{}", version.version_id)],
                 ..AuditRecord::default()
             };
-            state.audit.record_in(&mut tx, &record).await?;
+            state.audit.record_in(&mut tx, &record);
         }
         Ok(())
     }

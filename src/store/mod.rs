@@ -19,7 +19,7 @@ mod write;
 
 pub use audit::{BrokenLink, ChainReport};
 pub use outbox::Notification;
-pub use write::{Change, Contended, Expect, WriteTx, Written, WRITE_ATTEMPTS};
+pub use write::{AuditIndex, Change, Contended, Expect, WriteTx, Written, WRITE_ATTEMPTS};
 
 use std::collections::HashSet;
 use std::str::FromStr;

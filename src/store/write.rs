@@ -77,7 +77,13 @@ pub struct WriteTx {
     /// Integrity checks for commit, each with the position of the change that asked for it.
     checks: Vec<(usize, Check)>,
     changes: usize,
+    /// AuditEvents to append at commit, and how to index them.
+    audits: Vec<(String, Map<String, Value>)>,
+    audit_index: Option<AuditIndex>,
 }
+
+/// The index entries of an AuditEvent.
+pub type AuditIndex = std::sync::Arc<dyn Fn(&Value) -> Vec<IndexEntry> + Send + Sync>;
 
 /// Runs `$body` on the transaction's connection with the engine's [`Dialect`]; compiled once
 /// per engine, like `on_db!`.
@@ -136,7 +142,7 @@ impl Store {
             Db::Sqlite { writer, .. } => Tx::Sqlite(writer.begin_with(SQLITE.begin_write).await?),
             Db::Postgres(pool) => Tx::Postgres(pool.begin_with(POSTGRES.begin_write).await?),
         };
-        Ok(WriteTx { tx, checks: Vec::new(), changes: 0 })
+        Ok(WriteTx { tx, checks: Vec::new(), changes: 0, audits: Vec::new(), audit_index: None })
     }
 }
 
@@ -276,6 +282,13 @@ impl WriteTx {
             bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(&mut *conn).await?
         });
         Ok(!rows.is_empty())
+    }
+
+    /// Queues an AuditEvent (`id`, `resource`) to be appended to the audit trail when the
+    /// transaction commits (see [`WriteTx::commit`]).
+    pub fn queue_audit(&mut self, id: String, resource: Map<String, Value>, index: AuditIndex) {
+        self.audits.push((id, resource));
+        self.audit_index = Some(index);
     }
 
     /// Appends AuditEvents (`(id, resource)` each) to the audit trail: their rows, their index
@@ -445,6 +458,20 @@ impl WriteTx {
     /// the position of the change (0 for the first) that broke it.
     pub async fn commit(mut self) -> Result<(), StoreError> {
         self.verify().await?;
+        // The audit chain's head is locked from the append to the commit: appended last, the
+        // lock is held for a moment, not for the whole transaction, so concurrent writers
+        // do their work side by side and queue only here.
+        if let Some(index) = self.audit_index.take() {
+            let audits = std::mem::take(&mut self.audits);
+            match self.record_audits(audits, &*index).await {
+                Ok(()) => {}
+                Err(StoreError::Contention) => return Err(StoreError::Contention),
+                Err(e) => {
+                    tracing::error!(error = %e, db.code = e.code(), "writing the audit trail failed; refusing the write");
+                    return Err(StoreError::AuditUnavailable);
+                }
+            }
+        }
         match self.tx {
             Tx::Sqlite(t) => t.commit().await?,
             Tx::Postgres(t) => t.commit().await?,
@@ -518,8 +545,6 @@ impl WriteTx {
     }
 }
 
-/// A stable 64-bit key (FNV-1a) for an advisory lock: on a search (conditional interactions
-/// with the same search serialise across connections and replicas) or on a resource.
 /// The lock key of a conditional search: the same for the same condition whoever runs it,
 /// so disclosure filters (per caller, and holding the time) are left out.
 fn condition_key(ty: ResourceType, filters: &[Filter]) -> i64 {
@@ -543,6 +568,8 @@ fn condition_key(ty: ResourceType, filters: &[Filter]) -> i64 {
     lock_key(&format!("{ty}?{kept:?}"))
 }
 
+/// A stable 64-bit key (FNV-1a) for an advisory lock: on a search (conditional interactions
+/// with the same search serialise across connections and replicas) or on a resource.
 fn lock_key(text: &str) -> i64 {
     let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     hash as i64
