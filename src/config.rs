@@ -120,6 +120,15 @@ pub struct Config {
     #[arg(long, env = "LIAISON_SUBSCRIPTION_LEASE_SECONDS", default_value_t = 30)]
     pub subscription_lease_seconds: u64,
 
+    /// On SIGTERM, readiness fails at once and requests are still served for this many
+    /// seconds (so that load balancers stop sending new ones) before the listener closes.
+    #[arg(long, env = "LIAISON_SHUTDOWN_DELAY_SECONDS", default_value_t = 2)]
+    pub shutdown_delay_seconds: u64,
+
+    /// Then requests in flight get this many seconds to finish before the process exits.
+    #[arg(long, env = "LIAISON_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub shutdown_timeout_seconds: u64,
+
     /// A JSON file of rules that add security labels to resources as they are written (e.g.
     /// `PSYTHPN` and `R` on Observations coded as psychotherapy notes); see the README.
     #[arg(long, env = "LIAISON_LABEL_RULES")]

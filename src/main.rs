@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let state = liaison::build_state(&config).await.context("opening the database")?;
     tokio::spawn(liaison::maintain(state.clone()));
     tokio::spawn(liaison::subscription::deliver(state.clone()));
-    let app = liaison::app(state);
+    let app = liaison::app(state.clone());
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;
@@ -53,7 +53,27 @@ async fn main() -> anyhow::Result<()> {
         mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()),
         "serving FHIR R4"
     );
-    liaison::serve(listener, app, tls, shutdown_signal()).await.context("serving")?;
+    // Shutdown: on SIGTERM readiness fails first, requests are still served for the delay, then
+    // the listener closes and requests in flight get until the deadline.
+    let delay = std::time::Duration::from_secs(config.shutdown_delay_seconds);
+    let deadline = std::time::Duration::from_secs(config.shutdown_timeout_seconds);
+    let (closed, mut closing) = tokio::sync::watch::channel(false);
+    let drain = async move {
+        shutdown_signal().await;
+        state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(delay_seconds = delay.as_secs(), "shutting down: readiness fails; still serving");
+        tokio::time::sleep(delay).await;
+        tracing::info!(deadline_seconds = deadline.as_secs(), "no longer accepting; finishing requests in flight");
+        let _ = closed.send(true);
+    };
+    let cut_off = async move {
+        let _ = closing.wait_for(|closed| *closed).await;
+        tokio::time::sleep(deadline).await;
+    };
+    tokio::select! {
+        served = liaison::serve(listener, app, tls, drain) => served.context("serving")?,
+        () = cut_off => tracing::warn!("shutdown deadline passed: requests still in flight were cut off"),
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -31,6 +31,8 @@ pub struct Inner {
     pub subscriptions: SubscriptionSettings,
     /// Rules that add security labels to what is written.
     pub label_rules: LabelRules,
+    /// The process is shutting down: readiness fails so that no new work is sent here.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// Delivery settings of rest-hook Subscriptions.
@@ -98,6 +100,7 @@ impl AppState {
             audit,
             subscriptions,
             label_rules,
+            draining: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 

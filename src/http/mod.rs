@@ -115,8 +115,12 @@ async fn live() -> Response {
     (StatusCode::OK, [("content-type", "application/json")], r#"{"status":"pass"}"#).into_response()
 }
 
-/// Readiness: the database answers.
+/// Readiness: the process is not shutting down and the database answers.
 async fn ready(State(state): State<AppState>) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        let body = r#"{"status":"fail","reason":"shutting down"}"#;
+        return (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "application/json")], body).into_response();
+    }
     match state.store.ping().await {
         Ok(()) => (StatusCode::OK, [("content-type", "application/json")], r#"{"status":"pass"}"#).into_response(),
         Err(e) => {

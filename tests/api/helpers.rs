@@ -288,3 +288,75 @@ pub mod fixtures {
         })
     }
 }
+
+/// A `liaison` server process (the real binary) on `app`'s database, listening on a free port.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub base: String,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<hyper::body::Bytes>,
+    >,
+}
+
+impl ServerProcess {
+    /// Starts the binary with `args` besides the address and database, and waits until ready.
+    pub async fn start(app: &TestApp, args: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
+            .args(["--listen-addr", &format!("127.0.0.1:{port}"), "--database-url", &app.database_url])
+            .args(["--log-level", "error"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the liaison binary starts");
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+        let process = Self { child, base: format!("http://127.0.0.1:{port}"), client };
+        for _ in 0..200 {
+            if process.request("GET", "/health/ready", None).await.is_ok_and(|(status, _)| status == 200) {
+                return process;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server did not become ready");
+    }
+
+    /// A request with a FHIR JSON body: the status and the JSON answer.
+    pub async fn request(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+        self.send(method, path, &[], body).await.map(|(status, _, json)| (status, json))
+    }
+
+    /// A request with headers: the status, the answer's headers and its JSON.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Result<(u16, HeaderMap, Value), String> {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/fhir+json");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = request
+            .body(http_body_util::Full::new(body.map(|b| b.to_string()).unwrap_or_default().into()))
+            .map_err(|e| e.to_string())?;
+        let response = self.client.request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -16,9 +16,11 @@ mod everything;
 mod examples;
 mod helpers;
 mod history;
+mod lifecycle;
 mod patch;
 mod protocol;
 mod referral;
+mod replicas;
 mod search;
 mod subscription;
 mod tls;
@@ -40,6 +42,8 @@ fn main() {
         disclosure::labels_and_consents_leak_through_no_path,
         disclosure::consents_are_enforced_as_written_or_refused,
         disclosure::notifications_carry_only_what_anyone_may_see,
+        replicas::two_replicas_behave_as_one_server,
+        lifecycle::sigterm_drains_then_stops,
         crud::create_assigns_id_version_and_headers,
         crud::create_ignores_client_id_and_server_meta,
         crud::read_returns_the_resource_as_sent,

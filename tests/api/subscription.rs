@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{fixtures, TestApp};
+use crate::helpers::{fixtures, ServerProcess, TestApp};
 
 /// What the receiver saw: the notification id, the other headers it checks, and the body.
 #[derive(Debug, Clone)]
@@ -264,49 +264,15 @@ pub async fn a_failing_endpoint_sets_the_subscription_to_error(app: TestApp) {
     assert_eq!(server.state.store.outbox_depth().await.unwrap(), 0);
 }
 
-/// A `liaison` server process on `app`'s database, listening on a free port.
-struct Process {
-    child: std::process::Child,
-    base: String,
-}
+/// A server process that notifies this machine's receivers quickly.
+struct Process;
 
 impl Process {
-    async fn start(app: &TestApp) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
-            .args(["--listen-addr", &format!("127.0.0.1:{port}"), "--database-url", &app.database_url])
-            .args(["--subscription-allow-http", "--subscription-retry-ms", "20", "--subscription-max-attempts", "1000"])
-            // Claims of the killed process pass to the next one after a second.
-            .args(["--subscription-lease-seconds", "1", "--log-level", "error"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("the liaison binary starts");
-        let process = Self { child, base: format!("http://127.0.0.1:{port}") };
-        for _ in 0..200 {
-            if process.request("GET", "/health/ready", None).await.is_ok_and(|(status, _)| status == 200) {
-                return process;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        panic!("the server did not become ready");
-    }
-
-    async fn request(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
-        use http_body_util::BodyExt;
-        let client: hyper_util::client::legacy::Client<_, http_body_util::Full<hyper::body::Bytes>> =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(hyper_util::client::legacy::connect::HttpConnector::new());
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("content-type", "application/fhir+json")
-            .body(http_body_util::Full::new(body.map(|b| b.to_string()).unwrap_or_default().into()))
-            .unwrap();
-        let response = client.request(request).await.map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    async fn start(app: &TestApp) -> ServerProcess {
+        let args =
+            ["--subscription-allow-http", "--subscription-retry-ms", "20", "--subscription-max-attempts", "1000"];
+        // Claims of a killed process pass to the next one after a second.
+        ServerProcess::start(app, &[&args[..], &["--subscription-lease-seconds", "1"]].concat()).await
     }
 }
 
