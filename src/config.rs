@@ -120,6 +120,11 @@ pub struct Config {
     #[arg(long, env = "LIAISON_SUBSCRIPTION_LEASE_SECONDS", default_value_t = 30)]
     pub subscription_lease_seconds: u64,
 
+    /// Serve metrics for Prometheus (`GET /metrics`) on this address, apart from the FHIR API;
+    /// off when unset.
+    #[arg(long, env = "LIAISON_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// On SIGTERM, readiness fails at once and requests are still served for this many
     /// seconds (so that load balancers stop sending new ones) before the listener closes.
     #[arg(long, env = "LIAISON_SHUTDOWN_DELAY_SECONDS", default_value_t = 2)]

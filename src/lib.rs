@@ -24,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod fhir;
 pub mod http;
+pub mod metrics;
 pub mod serve;
 pub mod state;
 pub mod store;

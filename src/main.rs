@@ -39,6 +39,12 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(liaison::maintain(state.clone()));
     tokio::spawn(liaison::subscription::deliver(state.clone()));
     let app = liaison::app(state.clone());
+    if let Some(addr) = config.metrics_addr {
+        let metrics = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        tracing::info!(address = %addr, "serving metrics at /metrics");
+        let router = liaison::metrics::router(state.clone());
+        tokio::spawn(async move { axum::serve(metrics, router).await });
+    }
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;

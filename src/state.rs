@@ -33,6 +33,8 @@ pub struct Inner {
     pub label_rules: LabelRules,
     /// The process is shutting down: readiness fails so that no new work is sent here.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Counters, histograms and gauges for Prometheus.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Delivery settings of rest-hook Subscriptions.
@@ -101,6 +103,7 @@ impl AppState {
             subscriptions,
             label_rules,
             draining: std::sync::atomic::AtomicBool::new(false),
+            metrics: crate::metrics::Metrics::default(),
         }))
     }
 

@@ -266,8 +266,12 @@ async fn deliver_one(state: &AppState, client: &Client, n: &Notification, lease:
     let (shown, _) = crate::http::disclose::keep_disclosed(state, Some(&anyone), version.into_iter().collect()).await?;
     let payload = shown.into_iter().next().and_then(|v| v.content);
     match send(state, client, &subscription, n, payload).await {
-        Ok(()) => state.store.notification_delivered(&n.id, lease).await,
+        Ok(()) => {
+            state.metrics.deliveries.inc();
+            state.store.notification_delivered(&n.id, lease).await
+        }
         Err(reason) => {
+            state.metrics.delivery_failures.inc();
             let attempts = n.attempts as u32 + 1;
             tracing::warn!(subscription = %n.subscription_id, attempts, reason = %reason, "notification not delivered");
             if attempts >= state.subscriptions.max_attempts {

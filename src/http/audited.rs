@@ -69,14 +69,7 @@ async fn finish(state: &AppState, seen: Seen, mut response: Response) -> Respons
     let Seen { method, route, path, query, peer } = seen;
     let detail = response.extensions_mut().remove::<AuditDetail>().unwrap_or_default();
     let (interaction, action) = detail.interaction.map_or_else(|| interaction(&method, &route), |i| (i, "E"));
-    let resource_type = path
-        .strip_prefix("/fhir")
-        .unwrap_or(&path)
-        .trim_start_matches('/')
-        .split('/')
-        .next()
-        .filter(|t| state.registry.resource_type(t).is_some())
-        .map(str::to_owned);
+    let resource_type = super::resource_type_of(state, &path);
     let searched = matches!(interaction, "search-type" | "history-type" | "history-instance" | "history-system");
     let mut record = AuditRecord {
         interaction,
@@ -113,7 +106,7 @@ async fn finish(state: &AppState, seen: Seen, mut response: Response) -> Respons
 }
 
 /// The `restful-interaction` code and BALP action a route implies.
-fn interaction(method: &Method, route: &str) -> (&'static str, &'static str) {
+pub(super) fn interaction(method: &Method, route: &str) -> (&'static str, &'static str) {
     match (method.as_str(), route) {
         ("GET", "/fhir/metadata") => ("capabilities", "R"),
         ("GET", "/fhir/{type}") | ("POST", "/fhir/{type}/_search") => ("search-type", "E"),

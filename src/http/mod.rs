@@ -59,8 +59,9 @@ pub fn router(state: AppState) -> Router {
         .route("/{type}/{id}/_history/{vid}", get(resource::vread))
         .route("/.well-known/smart-configuration", get(authorize::smart_configuration))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorize::authenticate))
-        // Outermost, so that denials are audited too.
+        // Outside authentication, so that denials are audited too.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), audited::audit))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::measure))
         .method_not_allowed_fallback(resource::method_not_allowed)
         .fallback(resource::not_found);
 
@@ -82,6 +83,17 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
         .layer(axum::middleware::map_request(drop_unsafe_request_id))
         .with_state(state)
+}
+
+/// The `restful-interaction` code a route implies (a Bundle's is `batch` until it is read).
+pub(crate) fn interaction_of(method: &axum::http::Method, route: &str) -> &'static str {
+    audited::interaction(method, route).0
+}
+
+/// The supported resource type a request path addresses, if any.
+pub(crate) fn resource_type_of(state: &AppState, path: &str) -> Option<String> {
+    let first = path.strip_prefix("/fhir").unwrap_or(path).trim_start_matches('/').split('/').next()?;
+    state.registry.resource_type(first).map(|t| t.as_str().to_owned())
 }
 
 /// The OpenAPI document at `/fhir/openapi.json` and its interactive page at `/fhir/docs/`

@@ -318,6 +318,15 @@ impl Store {
         Ok(())
     }
 
+    /// Open and idle connections of the pool that serves reads (SQLite's readers; PostgreSQL's
+    /// one pool).
+    pub fn pool_usage(&self) -> (u32, usize) {
+        match &self.db {
+            Db::Sqlite { reader, .. } => (reader.size(), reader.num_idle()),
+            Db::Postgres(pool) => (pool.size(), pool.num_idle()),
+        }
+    }
+
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         on_db!(self, reader, |pool, _d| {

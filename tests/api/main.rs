@@ -17,6 +17,7 @@ mod examples;
 mod helpers;
 mod history;
 mod lifecycle;
+mod metrics;
 mod patch;
 mod protocol;
 mod referral;
@@ -44,6 +45,7 @@ fn main() {
         disclosure::notifications_carry_only_what_anyone_may_see,
         replicas::two_replicas_behave_as_one_server,
         lifecycle::sigterm_drains_then_stops,
+        metrics::metrics_count_requests_errors_and_latency,
         crud::create_assigns_id_version_and_headers,
         crud::create_ignores_client_id_and_server_meta,
         crud::read_returns_the_resource_as_sent,
