@@ -18,6 +18,7 @@ mod helpers;
 mod history;
 mod lifecycle;
 mod metrics;
+mod outage;
 mod patch;
 mod protocol;
 mod referral;
@@ -46,6 +47,7 @@ fn main() {
         replicas::two_replicas_behave_as_one_server,
         lifecycle::sigterm_drains_then_stops,
         metrics::metrics_count_requests_errors_and_latency,
+        outage::a_database_outage_is_503_and_recovers,
         crud::create_assigns_id_version_and_headers,
         crud::create_ignores_client_id_and_server_meta,
         crud::read_returns_the_resource_as_sent,
