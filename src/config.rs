@@ -120,6 +120,15 @@ pub struct Config {
     #[arg(long, env = "LIAISON_SUBSCRIPTION_LEASE_SECONDS", default_value_t = 30)]
     pub subscription_lease_seconds: u64,
 
+    /// Export traces with OpenTelemetry over OTLP/HTTP to this collector (its base URL, e.g.
+    /// `http://otel-collector:4318`, or the full `…/v1/traces`); off when unset.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The `service.name` of exported traces.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "liaison")]
+    pub otel_service_name: String,
+
     /// Serve metrics for Prometheus (`GET /metrics`) on this address, apart from the FHIR API;
     /// off when unset.
     #[arg(long, env = "LIAISON_METRICS_ADDR")]
@@ -164,6 +173,19 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// Where traces are exported: `--otlp-endpoint` with `/v1/traces` unless it names it.
+    pub fn otlp_traces_endpoint(&self) -> Option<String> {
+        let base = self.otlp_endpoint.as_deref()?.trim();
+        if base.is_empty() {
+            return None;
+        }
+        Some(if base.ends_with("/v1/traces") {
+            base.to_owned()
+        } else {
+            format!("{}/v1/traces", base.trim_end_matches('/'))
+        })
+    }
+
     /// The base URL of the FHIR API, without a trailing slash.
     pub fn base_url(&self) -> String {
         match &self.base_url {

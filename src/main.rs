@@ -7,7 +7,7 @@ use liaison::Config;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    liaison::telemetry::init(&config);
+    let telemetry = liaison::telemetry::init(&config);
     if config.command == Some(liaison::config::Command::VerifyAudit) {
         let report = liaison::verify_audit(&config).await.context("reading the audit trail")?;
         return match report.broken {
@@ -81,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         () = cut_off => tracing::warn!("shutdown deadline passed: requests still in flight were cut off"),
     }
     tracing::info!("stopped");
+    telemetry.shutdown().await;
     Ok(())
 }
 

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use crate::audit::AuditRecord;
 use crate::auth::Principal;
@@ -174,6 +175,7 @@ pub async fn notify(state: &AppState, tx: &mut WriteTx, ty: ResourceType, versio
                 resource_id: version.id.clone(),
                 version_id: version.version_id,
                 attempts: 0,
+                traceparent: crate::telemetry::traceparent(),
             });
         }
     }
@@ -241,6 +243,14 @@ fn client() -> Client {
 
 /// Sends one notification and records the outcome.
 async fn deliver_one(state: &AppState, client: &Client, n: &Notification, lease: i64) -> Result<(), StoreError> {
+    // The delivery continues the trace of the write that queued it.
+    let span =
+        tracing::info_span!("subscription.deliver", subscription = %n.subscription_id, focus_type = %n.resource_type);
+    crate::telemetry::continue_from(&span, n.traceparent.as_deref());
+    deliver_traced(state, client, n, lease).instrument(span).await
+}
+
+async fn deliver_traced(state: &AppState, client: &Client, n: &Notification, lease: i64) -> Result<(), StoreError> {
     let Some(subscription_type) = state.registry.resource_type("Subscription") else { return Ok(()) };
     let subscription = match state.store.read(subscription_type, &n.subscription_id).await? {
         Some(v) if !v.is_deleted() => v.content.and_then(|c| serde_json::from_str::<Map<String, Value>>(&c).ok()),
@@ -327,8 +337,10 @@ async fn send(
         let mac = hmac_sha256(secret.as_bytes(), signed.as_bytes());
         request = request.header("x-liaison-signature", format!("sha256={}", hex(&mac)));
     }
-    let request =
+    let mut request =
         request.body(Full::new(Bytes::from(body))).map_err(|_| "the endpoint or a channel header is invalid")?;
+    // The delivery's trace context goes with it (W3C `traceparent`).
+    crate::telemetry::propagate(request.headers_mut());
     let response = tokio::time::timeout(DELIVERY_TIMEOUT, client.request(request))
         .await
         .map_err(|_| "timed out".to_owned())?

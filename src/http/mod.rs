@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(ready))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(request_id_in_server_errors))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let route =
@@ -78,7 +79,10 @@ pub fn router(state: AppState) -> Router {
             let request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
             // The matched route, never the raw path: paths carry ids, query strings may carry
             // patient identifiers.
-            tracing::info_span!("request", method = %req.method(), route = %route, request_id = %request_id)
+            let span = tracing::info_span!("request", method = %req.method(), route = %route, request_id = %request_id);
+            // A caller's `traceparent` makes this request part of its trace.
+            crate::telemetry::continue_trace(&span, req.headers());
+            span
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
         .layer(axum::middleware::map_request(drop_unsafe_request_id))
@@ -116,6 +120,36 @@ async fn drop_unsafe_request_id<B>(mut req: Request<B>) -> Request<B> {
         req.headers_mut().remove(&REQUEST_ID);
     }
     req
+}
+
+/// A server error's OperationOutcome names the request id (and the trace id when traces are
+/// exported), so that an operator can find its log lines and spans.
+async fn request_id_in_server_errors(req: Request<axum::body::Body>, next: axum::middleware::Next) -> Response {
+    let request_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let response = next.run(req).await;
+    if !response.status().is_server_error() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let mut outcome: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(v @ serde_json::Value::Object(_)) => v,
+        _ => return Response::from_parts(parts, axum::body::Body::from(bytes)),
+    };
+    let mut reference = request_id.map(|id| format!("request id {id}")).unwrap_or_default();
+    if let Some(trace) = crate::telemetry::trace_id() {
+        reference = format!("{reference}, trace id {trace}").trim_start_matches(", ").to_owned();
+    }
+    if let (false, Some(issues)) = (reference.is_empty(), outcome.get_mut("issue").and_then(|i| i.as_array_mut())) {
+        for issue in issues {
+            let text = issue.get("diagnostics").and_then(|d| d.as_str()).unwrap_or("").to_owned();
+            issue["diagnostics"] = serde_json::Value::from(format!("{text} ({reference})").trim_start().to_owned());
+        }
+    }
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(outcome.to_string()))
 }
 
 async fn not_found() -> AppError {

@@ -17,6 +17,8 @@ pub struct Notification {
     pub version_id: i64,
     /// Attempts made before this one.
     pub attempts: i32,
+    /// The trace context (`traceparent`) of the write that queued it.
+    pub traceparent: Option<String>,
 }
 
 impl Store {

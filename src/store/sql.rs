@@ -64,7 +64,7 @@ macro_rules! claim_notifications {
             "UPDATE subscription_outbox SET lease_until = $1 WHERE id IN (SELECT id FROM subscription_outbox ",
             "WHERE next_attempt_at <= $2 AND lease_until <= $2 ORDER BY next_attempt_at, created_at LIMIT $3",
             $lock,
-            ") AND lease_until <= $2 RETURNING id, subscription_id, resource_type, resource_id, version_id, attempts"
+            ") AND lease_until <= $2 RETURNING id, subscription_id, resource_type, resource_id, version_id, attempts, traceparent"
         )
     };
 }

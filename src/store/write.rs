@@ -191,11 +191,20 @@ impl WriteTx {
                     Bind::Int(n.version_id),
                     Bind::Int(now),
                     Bind::Int(now),
+                    Bind::OptText(n.traceparent.clone()),
                 ]
             })
             .collect();
-        let columns =
-            ["id", "subscription_id", "resource_type", "resource_id", "version_id", "created_at", "next_attempt_at"];
+        let columns = [
+            "id",
+            "subscription_id",
+            "resource_type",
+            "resource_id",
+            "version_id",
+            "created_at",
+            "next_attempt_at",
+            "traceparent",
+        ];
         on_tx!(self.tx, |conn, dialect| {
             for statement in search_sql::insert_rows(dialect, "subscription_outbox", &columns, rows) {
                 bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;

@@ -25,6 +25,7 @@ mod referral;
 mod replicas;
 mod search;
 mod subscription;
+mod telemetry;
 mod tls;
 mod validation;
 
@@ -48,6 +49,7 @@ fn main() {
         lifecycle::sigterm_drains_then_stops,
         metrics::metrics_count_requests_errors_and_latency,
         outage::a_database_outage_is_503_and_recovers,
+        telemetry::traces_join_the_callers_and_reach_the_collector,
         crud::create_assigns_id_version_and_headers,
         crud::create_ignores_client_id_and_server_meta,
         crud::read_returns_the_resource_as_sent,

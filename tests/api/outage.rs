@@ -73,6 +73,12 @@ pub async fn a_database_outage_is_503_and_recovers(app: TestApp) {
     let r = server.get(&path).await;
     r.expect(503);
     assert_eq!(r.issues()[0]["code"], "transient", "{}", r.text);
+    let request_id = r.header("x-request-id").expect("every answer names its request").to_owned();
+    assert!(
+        r.issues()[0]["diagnostics"].as_str().unwrap().contains(&request_id),
+        "a 5xx names its request id: {}",
+        r.text
+    );
     assert!(r.header("retry-after").is_some(), "503 says when to retry");
     server.post("Patient", &fixtures::patient()).await.expect(503);
     server.get("/health/ready").await.expect(503);

@@ -17,6 +17,8 @@ pub struct Received {
     focus: String,
     signature: Option<String>,
     authorization: Option<String>,
+    /// The W3C trace context the notification carried.
+    pub traceparent: Option<String>,
     pub body: String,
 }
 
@@ -44,6 +46,7 @@ impl Receiver {
                         focus: header("x-liaison-focus").unwrap_or_default(),
                         signature: header("x-liaison-signature"),
                         authorization: header("authorization"),
+                        traceparent: header("traceparent"),
                         body,
                     });
                 }
