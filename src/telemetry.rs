@@ -20,7 +20,6 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -63,10 +62,13 @@ pub fn init(config: &Config) -> Telemetry {
         },
         None => (None, None),
     };
-    // Spans are exported from `info` up, whatever the log level says.
-    let traces = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("liaison")).with_filter(LevelFilter::INFO));
+    // Spans are exported from `info` up, whatever the log level says, with each SQL statement
+    // (sqlx logs them at `debug`: the statement text, bound values never, and its duration) as
+    // an event of the span that ran it.
+    let traces = provider.as_ref().map(|p| {
+        let statements = EnvFilter::new("info,sqlx::query=debug");
+        tracing_opentelemetry::layer().with_tracer(p.tracer("liaison")).with_filter(statements)
+    });
     let _ = tracing_subscriber::registry().with(logs).with(traces).try_init();
     if let Some(e) = export_error {
         tracing::error!(error = %e, "OpenTelemetry export could not be set up; continuing without it");

@@ -352,6 +352,7 @@ impl Store {
     }
 
     /// History entries, newest first.
+    #[tracing::instrument(skip_all)]
     pub async fn history(&self, q: &HistoryQuery) -> Result<Vec<Version>, StoreError> {
         let since = q.since.unwrap_or(Millis::MIN);
         let c = q.cursor.clone().unwrap_or(HistoryCursor {
@@ -458,6 +459,7 @@ impl Store {
 
     /// Which of `ids` (of type `ty`) are in `patient`'s compartment: the Patient itself, or
     /// resources that reference it through one of `params`.
+    #[tracing::instrument(skip_all)]
     pub async fn compartment_members(
         &self,
         ty: &str,
@@ -478,6 +480,7 @@ impl Store {
     }
 
     /// The ids of at most `limit` current resources of `ty` matching `filters`, in id order.
+    #[tracing::instrument(skip_all)]
     pub async fn ids(&self, ty: &str, filters: &[Filter], limit: i64) -> Result<Vec<String>, StoreError> {
         let rows: Vec<(String,)> = on_db!(self, reader, |pool, dialect| {
             let sql = Compiler::new(dialect, fhir::now_millis()).ids(ty, filters, limit);
@@ -508,6 +511,7 @@ impl Store {
     /// Who user `ty/id` acts as, for Consent actors: itself; a Practitioner's roles and their
     /// organizations, or a PractitionerRole's practitioner and organization; and the CareTeams
     /// any of these is a participant of.
+    #[tracing::instrument(skip_all)]
     pub async fn actors_of(&self, ty: &str, id: &str) -> Result<Vec<String>, StoreError> {
         let mut actors: Vec<(String, String)> = vec![(ty.to_owned(), id.to_owned())];
         let roles: Vec<String> = match ty {
@@ -560,6 +564,7 @@ impl Store {
     }
 
     /// Resources the `sources` (ids of `source_type`) reference through `param`.
+    #[tracing::instrument(skip_all)]
     pub async fn include(
         &self,
         source_type: &str,
@@ -578,6 +583,7 @@ impl Store {
     }
 
     /// Resources of `source_type` that reference one of `targets` (of `target_type`) through `param`.
+    #[tracing::instrument(skip_all)]
     pub async fn revinclude(
         &self,
         source_type: &str,

@@ -150,6 +150,7 @@ impl WriteTx {
     /// Ids of up to `limit` current resources of `ty` that match `filters`: the search of a
     /// conditional interaction. Serialises with every other transaction that runs the same
     /// search, so that two conditional creates cannot both find nothing and both create.
+    #[tracing::instrument(skip_all)]
     pub async fn find(&mut self, ty: ResourceType, filters: &[Filter], limit: i64) -> Result<Vec<String>, StoreError> {
         let clock = fhir::now_millis();
         let rows: Vec<(String,)> = on_tx!(self.tx, |conn, dialect| {
@@ -163,6 +164,7 @@ impl WriteTx {
 
     /// Whether the current resource `ty/id` matches `filters`: a subscription's criteria,
     /// checked against the change this transaction just wrote.
+    #[tracing::instrument(skip_all)]
     pub async fn matches(&mut self, ty: ResourceType, id: &str, filters: &[Filter]) -> Result<bool, StoreError> {
         let mut filters = filters.to_vec();
         filters.push(Filter::Id(vec![id.to_owned()]));
@@ -175,6 +177,7 @@ impl WriteTx {
     }
 
     /// Queues notifications (each: its id, subscription id, and the triggering `Type/id` version).
+    #[tracing::instrument(skip_all)]
     pub async fn enqueue(&mut self, notifications: &[Notification]) -> Result<(), StoreError> {
         if notifications.is_empty() {
             return Ok(());
@@ -305,6 +308,7 @@ impl WriteTx {
     /// link of the hash chain each, all in a handful of multi-row statements. Each `recorded`
     /// time is set here, later than its predecessor's, so that the trail sorts by date in chain
     /// order. Locks the chain's head until the transaction ends, so call it last.
+    #[tracing::instrument(skip_all)]
     pub async fn record_audits(
         &mut self,
         events: Vec<(String, Map<String, Value>)>,
@@ -465,6 +469,7 @@ impl WriteTx {
 
     /// Checks referential integrity against the final state and commits. A failed check names
     /// the position of the change (0 for the first) that broke it.
+    #[tracing::instrument(skip_all)]
     pub async fn commit(mut self) -> Result<(), StoreError> {
         self.verify().await?;
         // The audit chain's head is locked from the append to the commit: appended last, the

@@ -69,4 +69,9 @@ pub async fn traces_join_the_callers_and_reach_the_collector(app: TestApp) {
         bodies.iter().any(|b| b.windows(id.len()).any(|w| w == id.as_slice())),
         "the exported spans carry the caller's trace id"
     );
+    let statement = b"INSERT INTO resources";
+    assert!(
+        bodies.iter().any(|b| b.windows(statement.len()).any(|w| w == statement)),
+        "SQL statements are events of the spans that ran them"
+    );
 }
