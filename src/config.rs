@@ -175,15 +175,18 @@ pub enum LogFormat {
 impl Config {
     /// Where traces are exported: `--otlp-endpoint` with `/v1/traces` unless it names it.
     pub fn otlp_traces_endpoint(&self) -> Option<String> {
-        let base = self.otlp_endpoint.as_deref()?.trim();
-        if base.is_empty() {
-            return None;
-        }
-        Some(if base.ends_with("/v1/traces") {
-            base.to_owned()
-        } else {
-            format!("{}/v1/traces", base.trim_end_matches('/'))
-        })
+        self.otlp_signal_endpoint("traces")
+    }
+
+    /// Where metrics are exported: the collector's `/v1/metrics`.
+    pub fn otlp_metrics_endpoint(&self) -> Option<String> {
+        self.otlp_signal_endpoint("metrics")
+    }
+
+    fn otlp_signal_endpoint(&self, signal: &str) -> Option<String> {
+        let base = self.otlp_endpoint.as_deref()?.trim().trim_end_matches('/');
+        let base = base.strip_suffix("/v1/traces").unwrap_or(base);
+        (!base.is_empty()).then(|| format!("{base}/v1/{signal}"))
     }
 
     /// The base URL of the FHIR API, without a trailing slash.

@@ -49,8 +49,40 @@ pub struct Metrics {
     pool_idle: Gauge,
     outbox_depth: Gauge,
     /// Notifications delivered, and delivery attempts that failed.
-    pub deliveries: Counter,
-    pub delivery_failures: Counter,
+    deliveries: Counter,
+    delivery_failures: Counter,
+    /// The same measurements for OpenTelemetry (exported over OTLP when configured).
+    otel: Otel,
+}
+
+/// OpenTelemetry instruments on the global meter provider.
+#[derive(Debug)]
+struct Otel {
+    requests: opentelemetry::metrics::Counter<u64>,
+    errors: opentelemetry::metrics::Counter<u64>,
+    latency: opentelemetry::metrics::Histogram<f64>,
+    deliveries: opentelemetry::metrics::Counter<u64>,
+    delivery_failures: opentelemetry::metrics::Counter<u64>,
+}
+
+impl Otel {
+    fn new() -> Self {
+        let meter = opentelemetry::global::meter("liaison");
+        Self {
+            requests: meter.u64_counter("liaison.http.requests").with_description("FHIR requests answered").build(),
+            errors: meter
+                .u64_counter("liaison.http.errors")
+                .with_description("FHIR requests answered with 4xx or 5xx")
+                .build(),
+            latency: meter
+                .f64_histogram("liaison.http.request.duration")
+                .with_unit("s")
+                .with_description("Time to answer a FHIR request")
+                .build(),
+            deliveries: meter.u64_counter("liaison.subscription.deliveries").build(),
+            delivery_failures: meter.u64_counter("liaison.subscription.delivery_failures").build(),
+        }
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -78,16 +110,63 @@ impl Default for Metrics {
             "Subscription notification deliveries that failed",
             delivery_failures.clone(),
         );
-        Self { registry, requests, errors, latency, pool_size, pool_idle, outbox_depth, deliveries, delivery_failures }
+        let otel = Otel::new();
+        Self {
+            registry,
+            requests,
+            errors,
+            latency,
+            pool_size,
+            pool_idle,
+            outbox_depth,
+            deliveries,
+            delivery_failures,
+            otel,
+        }
     }
 }
 
 impl Metrics {
+    /// A notification was delivered.
+    pub fn delivered(&self) {
+        self.deliveries.inc();
+        self.otel.deliveries.add(1, &[]);
+    }
+
+    /// A delivery attempt failed.
+    pub fn delivery_failed(&self) {
+        self.delivery_failures.inc();
+        self.otel.delivery_failures.add(1, &[]);
+    }
+
+    /// Registers gauges of the database pool with OpenTelemetry (observed at each export).
+    pub fn observe_pool(&self, store: std::sync::Arc<crate::store::Store>) {
+        let meter = opentelemetry::global::meter("liaison");
+        let idle = store.clone();
+        meter
+            .i64_observable_gauge("liaison.db.pool.connections")
+            .with_callback(move |g| g.observe(i64::from(store.pool_usage().0), &[]))
+            .build();
+        meter
+            .i64_observable_gauge("liaison.db.pool.idle_connections")
+            .with_callback(move |g| g.observe(i64::try_from(idle.pool_usage().1).unwrap_or(i64::MAX), &[]))
+            .build();
+    }
+
     fn observe(&self, labels: RequestLabels, status: StatusCode, seconds: f64) {
+        let attributes = [
+            opentelemetry::KeyValue::new("interaction", labels.interaction.clone()),
+            opentelemetry::KeyValue::new("resource_type", labels.resource_type.clone()),
+        ];
+        self.otel.requests.add(1, &attributes);
+        self.otel.latency.record(seconds, &attributes);
         self.requests.get_or_create(&labels).inc();
         self.latency.get_or_create(&labels).observe(seconds);
         if status.is_client_error() || status.is_server_error() {
             let class = if status.is_server_error() { "5xx" } else { "4xx" };
+            self.otel
+                .errors
+                .add(1, &[attributes[0].clone(), attributes[1].clone(), opentelemetry::KeyValue::new("class", class)]);
             let RequestLabels { interaction, resource_type } = labels;
             self.errors.get_or_create(&ErrorLabels { interaction, resource_type, class: class.into() }).inc();
         }

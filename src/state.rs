@@ -92,6 +92,8 @@ impl AppState {
         let (store, registry) = (Arc::new(store), Arc::new(registry));
         let audit = AuditLog::start(store.clone(), registry.clone(), base_url.clone());
         let subscriptions = SubscriptionSettings::default();
+        let metrics = crate::metrics::Metrics::default();
+        metrics.observe_pool(store.clone());
         Self(Arc::new(Inner {
             store,
             registry,
@@ -103,7 +105,7 @@ impl AppState {
             subscriptions,
             label_rules,
             draining: std::sync::atomic::AtomicBool::new(false),
-            metrics: crate::metrics::Metrics::default(),
+            metrics,
         }))
     }
 

@@ -277,11 +277,11 @@ async fn deliver_traced(state: &AppState, client: &Client, n: &Notification, lea
     let payload = shown.into_iter().next().and_then(|v| v.content);
     match send(state, client, &subscription, n, payload).await {
         Ok(()) => {
-            state.metrics.deliveries.inc();
+            state.metrics.delivered();
             state.store.notification_delivered(&n.id, lease).await
         }
         Err(reason) => {
-            state.metrics.delivery_failures.inc();
+            state.metrics.delivery_failed();
             let attempts = n.attempts as u32 + 1;
             tracing::warn!(subscription = %n.subscription_id, attempts, reason = %reason, "notification not delivered");
             if attempts >= state.subscriptions.max_attempts {

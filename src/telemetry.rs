@@ -15,7 +15,8 @@ use hyper_util::rt::TokioExecutor;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{global, Context};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector, HttpClient, HttpError};
-use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig, WithHttpConfig};
+use opentelemetry_otlp::{MetricExporter, Protocol, SpanExporter, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
@@ -30,6 +31,7 @@ use crate::config::{Config, LogFormat};
 #[derive(Debug, Default)]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Telemetry {
@@ -39,6 +41,12 @@ impl Telemetry {
             let flushed = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(Duration::from_secs(5)));
             if let Ok(Err(e)) = flushed.await {
                 eprintln!("exporting the last traces failed: {e}");
+            }
+        }
+        if let Some(meters) = self.meters {
+            let flushed = tokio::task::spawn_blocking(move || meters.shutdown_with_timeout(Duration::from_secs(5)));
+            if let Ok(Err(e)) = flushed.await {
+                eprintln!("exporting the last metrics failed: {e}");
             }
         }
     }
@@ -55,12 +63,27 @@ pub fn init(config: &Config) -> Telemetry {
     }
     .with_filter(filter);
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let (provider, export_error) = match config.otlp_traces_endpoint() {
+    let (provider, mut export_error) = match config.otlp_traces_endpoint() {
         Some(endpoint) => match provider(&endpoint, &config.otel_service_name) {
             Ok(p) => (Some(p), None),
             Err(e) => (None, Some(e)),
         },
         None => (None, None),
+    };
+    // Metrics go the same way; the server's instruments report to the global meter provider
+    // (a no-op without one).
+    let meters = match config.otlp_metrics_endpoint() {
+        Some(endpoint) => match meter_provider(&endpoint, &config.otel_service_name) {
+            Ok(m) => {
+                global::set_meter_provider(m.clone());
+                Some(m)
+            }
+            Err(e) => {
+                export_error = export_error.or(Some(e));
+                None
+            }
+        },
+        None => None,
     };
     // Spans are exported from `info` up, whatever the log level says, with each SQL statement
     // (sqlx logs them at `debug`: the statement text, bound values never, and its duration) as
@@ -73,18 +96,33 @@ pub fn init(config: &Config) -> Telemetry {
     if let Some(e) = export_error {
         tracing::error!(error = %e, "OpenTelemetry export could not be set up; continuing without it");
     }
-    Telemetry { provider }
+    Telemetry { provider, meters }
 }
 
-fn provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider, String> {
-    let client = OtlpClient {
+fn otlp_client() -> OtlpClient {
+    OtlpClient {
         client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
         runtime: tokio::runtime::Handle::current(),
         timeout: Duration::from_secs(10),
-    };
+    }
+}
+
+fn meter_provider(endpoint: &str, service: &str) -> Result<SdkMeterProvider, String> {
+    let exporter = MetricExporter::builder()
+        .with_http()
+        .with_http_client(otlp_client())
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resource = Resource::builder().with_service_name(service.to_owned()).build();
+    Ok(SdkMeterProvider::builder().with_periodic_exporter(exporter).with_resource(resource).build())
+}
+
+fn provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider, String> {
     let exporter = SpanExporter::builder()
         .with_http()
-        .with_http_client(client)
+        .with_http_client(otlp_client())
         .with_protocol(Protocol::HttpBinary)
         .with_endpoint(endpoint)
         .build()

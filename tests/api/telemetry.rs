@@ -1,6 +1,6 @@
 //! OpenTelemetry: a server process exporting to an OTLP/HTTP receiver in the test continues the
 //! caller's W3C trace (`traceparent`), passes it on to the Subscription notification its write
-//! triggers, and has exported the trace's spans by the time it has shut down.
+//! triggers, and has exported the trace's spans, and its metrics, by the time it has shut down.
 
 use std::sync::{Arc, Mutex};
 
@@ -12,7 +12,7 @@ use crate::subscription::{subscription, Receiver};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
-/// An OTLP/HTTP receiver: the request bodies posted to `/v1/traces`.
+/// An OTLP/HTTP receiver: the request bodies posted to `/v1/traces` and `/v1/metrics`.
 async fn otlp_receiver() -> (String, Arc<Mutex<Vec<Bytes>>>) {
     let bodies: Arc<Mutex<Vec<Bytes>>> = Arc::default();
     let seen = bodies.clone();
@@ -25,7 +25,8 @@ async fn otlp_receiver() -> (String, Arc<Mutex<Vec<Bytes>>>) {
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, axum::Router::new().route("/v1/traces", route)).await });
+    let router = axum::Router::new().route("/v1/traces", route.clone()).route("/v1/metrics", route);
+    tokio::spawn(async move { axum::serve(listener, router).await });
     (url, bodies)
 }
 
@@ -74,4 +75,6 @@ pub async fn traces_join_the_callers_and_reach_the_collector(app: TestApp) {
         bodies.iter().any(|b| b.windows(statement.len()).any(|w| w == statement)),
         "SQL statements are events of the spans that ran them"
     );
+    let metric = b"liaison.http.requests";
+    assert!(bodies.iter().any(|b| b.windows(metric.len()).any(|w| w == metric)), "metrics are exported over OTLP too");
 }
