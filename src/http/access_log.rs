@@ -11,13 +11,13 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::authorize::Caller;
+use super::everything::bad;
 use super::negotiate::{query_pairs, Format};
 use super::search::page_url;
 use crate::audit::AuditDetail;
 use crate::auth::{Access, Perm};
 use crate::error::AppError;
 use crate::fhir::bundle::{Bundle, Entry};
-use crate::fhir::outcome::{Issue, IssueType};
 use crate::fhir::search::query;
 use crate::state::AppState;
 use crate::store::{Counting, SearchError, StoreError};
@@ -123,8 +123,4 @@ fn project(event: &Map<String, Value>, patient: &str) -> Value {
         }]),
     );
     Value::Object(out)
-}
-
-fn bad(param: &str, reason: &str) -> AppError {
-    AppError::BadRequest(vec![Issue::at(IssueType::Invalid, param.to_owned(), format!("{param} {reason}"))])
 }

@@ -146,6 +146,7 @@ pub async fn everything(
     Ok(response)
 }
 
-fn bad(param: &str, reason: &str) -> AppError {
+/// 400 for a parameter of an operation: `reason` completes "`param` …".
+pub(super) fn bad(param: &str, reason: &str) -> AppError {
     AppError::BadRequest(vec![Issue::at(IssueType::Invalid, param.to_owned(), format!("{param} {reason}"))])
 }
