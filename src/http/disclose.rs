@@ -138,24 +138,29 @@ pub async fn keep_disclosed(
         };
         judged.push(before.unwrap_or_else(|| v.clone()));
     }
-    let consents = matches!(disclosed, Filter::Disclosed { consent: Some(_), .. });
-    let mut consented = HashSet::new();
-    if consents && !gone.is_empty() {
-        let mut patients: Vec<String> = judged
-            .iter()
-            .filter(|v| gone.contains(&(v.resource_type.clone(), v.id.clone())))
-            .flat_map(|v| patients_of(state, v))
-            .collect();
-        patients.sort();
-        patients.dedup();
-        consented = state.store.consent_patients(&patients).await?;
-    }
+    // The patients of each deleted resource's version, when Consents are evaluated (the
+    // caller's own are not: a patient's Consents do not restrict the patient).
+    let own = match disclosed {
+        Filter::Disclosed { consent: Some(asking), .. } => Some(asking.own_patient.as_deref()),
+        _ => None,
+    };
+    let patients: Vec<Vec<String>> = judged
+        .iter()
+        .map(|v| match own {
+            Some(own) if gone.contains(&(v.resource_type.clone(), v.id.clone())) => {
+                patients_of(state, v).into_iter().filter(|p| Some(p.as_str()) != own).collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect();
+    let mut all: Vec<String> = patients.iter().flatten().cloned().collect();
+    all.sort();
+    all.dedup();
+    let consented = state.store.consent_patients(&all).await?;
     let (mut kept, mut withheld) = (Vec::new(), Vec::new());
-    for (v, judged) in versions.into_iter().zip(&judged) {
+    for ((v, judged), patients) in versions.into_iter().zip(&judged).zip(&patients) {
         let key = (v.resource_type.clone(), v.id.clone());
-        let consent_governed = gone.contains(&key)
-            && !consented.is_empty()
-            && patients_of(state, judged).iter().any(|p| consented.contains(p));
+        let consent_governed = patients.iter().any(|p| consented.contains(p));
         if hidden.contains(&key) || consent_governed || !version_clears(judged, disclosed) {
             withheld.push(format!("{}/{}/_history/{}", v.resource_type, v.id, v.version_id));
         } else {

@@ -447,6 +447,9 @@ pub async fn consents_are_enforced_as_written_or_refused(app: TestApp) {
     // Once deleted, t2's versions are judged by their content: still withheld.
     app.delete("Task/t2").await.expect(204);
     s.get(&reader, "Task/t2/_history/1").await.expect(403);
+    // The patient's own Consents never restrict the patient, deleted records included.
+    let own = s.token_with("user/*.rs", json!({"fhirUser": "Patient/p"}));
+    s.get(&own, "Task/t2/_history/1").await.expect(200);
     let history = s.get(&reader, "Task/_history").await;
     history.expect(200);
     assert!(!history.text.contains("Task/t2") && !history.text.contains("Task/t1"), "{}", history.text);
