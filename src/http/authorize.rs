@@ -69,7 +69,8 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             next.run(req).await
         }
     };
-    if principal.break_glass.is_some() {
+    // An answer given by breaking the glass says so; a refusal was not given by it.
+    if principal.break_glass.is_some() && !response.status().is_client_error() {
         response.headers_mut().insert(disclose::BREAK_GLASS_MARK, axum::http::HeaderValue::from_static("granted"));
     }
     response.extensions_mut().insert(principal);

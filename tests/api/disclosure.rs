@@ -307,6 +307,22 @@ pub async fn labels_and_consents_leak_through_no_path(app: TestApp) {
         .await;
     r.expect(403);
     assert!(r.text.contains("BTG"), "{}", r.text);
+    let narrow = s.token_with("user/Patient.rs", json!({"fhirUser": "Practitioner/social", "clearance": "BTG"}));
+    let r = s
+        .app
+        .send(
+            Method::GET,
+            "Observation/note",
+            &[("authorization", &format!("Bearer {narrow}")), ("x-break-glass-reason", "crisis")],
+            None,
+        )
+        .await;
+    r.expect(403);
+    assert_eq!(
+        r.header("x-break-glass"),
+        None,
+        "breaking the glass does not widen scopes, and a refusal is not marked"
+    );
 
     // The audit trail: the refusal, the filtering and the break-glass alert are all there.
     let auditor = s.token("system/AuditEvent.rs", None);
