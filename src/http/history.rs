@@ -80,6 +80,11 @@ fn parse_cursor(text: &str) -> Option<HistoryCursor> {
 /// How many rounds of reading a history page takes at most to fill itself past withheld entries.
 const FILL_ROUNDS: usize = 8;
 
+/// A cursor as `_cursor` carries it (read back by [`parse_cursor`]).
+fn cursor_text(c: &HistoryCursor) -> String {
+    format!("{}:{}:{}:{}", c.last_updated, c.resource_type, c.id, c.version_id)
+}
+
 /// The position after `v`.
 fn cursor_of(v: &Version) -> HistoryCursor {
     HistoryCursor {
@@ -178,10 +183,10 @@ async fn history(
         }
     }
     let last_seen = match &disclosed {
-        None => cursor.map(|c| format!("{}:{}:{}:{}", c.last_updated, c.resource_type, c.id, c.version_id)),
+        None => cursor.as_ref().map(cursor_text),
         // Nothing shown after every round: the page ends without a way on rather than with
         // a cursor that would name a withheld entry.
-        Some(_) => versions.last().map(|v| format!("{}:{}:{}:{}", v.last_updated, v.resource_type, v.id, v.version_id)),
+        Some(_) => versions.last().map(|v| cursor_text(&cursor_of(v))),
     };
 
     let base = &state.base_url;
@@ -195,8 +200,7 @@ async fn history(
         }
         format!("{base}/{path}?{}", serde_urlencoded::to_string(&pairs).unwrap_or_default())
     };
-    let self_cursor =
-        params.cursor.as_ref().map(|c| format!("{}:{}:{}:{}", c.last_updated, c.resource_type, c.id, c.version_id));
+    let self_cursor = params.cursor.as_ref().map(cursor_text);
     let mut bundle = Bundle::new("history").link("self", page_url(self_cursor));
     if let (true, Some(next)) = (has_next, last_seen) {
         bundle = bundle.link("next", page_url(Some(next)));
