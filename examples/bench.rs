@@ -251,7 +251,9 @@ async fn run(args: Args) {
 }
 
 /// Planner statistics after the bulk load, as PostgreSQL's autovacuum (or the server's periodic
-/// SQLite `PRAGMA optimize`) would gather them shortly after.
+/// SQLite `PRAGMA optimize`) would gather them shortly after; on PostgreSQL also the vacuum
+/// that autovacuum runs after many inserts, which sets the visibility map that index-only
+/// scans rely on.
 async fn analyze(database_url: &str) {
     use sqlx::Connection;
     if database_url.starts_with("sqlite:") {
@@ -259,7 +261,7 @@ async fn analyze(database_url: &str) {
         sqlx::query("ANALYZE").execute(&mut conn).await.expect("ANALYZE");
     } else {
         let mut conn = sqlx::PgConnection::connect(database_url).await.expect("connect");
-        sqlx::query("ANALYZE").execute(&mut conn).await.expect("ANALYZE");
+        sqlx::query("VACUUM ANALYZE").execute(&mut conn).await.expect("VACUUM ANALYZE");
     }
 }
 

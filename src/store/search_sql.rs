@@ -343,6 +343,9 @@ pub struct Compiler<'a> {
     now: Millis,
     sql: Sql,
     depth: usize,
+    /// The next driving subquery is written bare, as `(SELECT <ids> …)`, for a join
+    /// ([`Dialect::join_driver`]), instead of as `alias.id IN (SELECT …)`.
+    bare_driver: bool,
 }
 
 /// The column list of [`super::Version`] for alias `r0`.
@@ -351,7 +354,7 @@ const VERSION_COLUMNS: &str = "r0.resource_type, r0.id, r0.version_id, r0.last_u
 
 impl<'a> Compiler<'a> {
     pub fn new(dialect: &'a Dialect, now: Millis) -> Self {
-        Self { dialect, now, sql: Sql::new(dialect), depth: 0 }
+        Self { dialect, now, sql: Sql::new(dialect), depth: 0, bare_driver: false }
     }
 
     /// `SELECT <version columns>, <sort key> … LIMIT limit`, after the position `after` (the sort
@@ -376,8 +379,31 @@ impl<'a> Compiler<'a> {
             self.sort_expr("r0", param, *desc, *kind);
             self.sql.push(", ");
         }
-        self.sql.push("r0.id").push(self.dialect.json_array_close).push(" AS sort_key FROM resources r0 WHERE ");
-        self.where_clause("r0", &[ty.to_owned()], filters);
+        self.sql.push("r0.id").push(self.dialect.json_array_close).push(" AS sort_key FROM ");
+        let types = [ty.to_owned()];
+        // In id order, the page can stop early if the driving filter's rows come in id order.
+        let joined = if self.dialect.join_driver && keys.is_empty() {
+            driver(ty, filters).filter(|&i| rows_in_id_order(&filters[i]))
+        } else {
+            None
+        };
+        match joined {
+            Some(i) => {
+                self.sql.push("(SELECT DISTINCT s.id FROM ");
+                self.bare_driver = true;
+                self.condition("r0", &types, &filters[i], true);
+                self.sql.push(" AS s(id)) d JOIN resources r0 ON r0.resource_type = ").text(ty);
+                self.sql.push(" AND r0.id = d.id WHERE NOT r0.deleted");
+                for f in filters.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, f)| f) {
+                    self.sql.push(" AND ");
+                    self.condition("r0", &types, f, false);
+                }
+            }
+            None => {
+                self.sql.push("resources r0 WHERE ");
+                self.where_clause("r0", &types, filters);
+            }
+        }
         if let Some(after) = after {
             if after.len() != keys.len() + 1 {
                 return Err("the cursor does not fit this search".into());
@@ -475,11 +501,7 @@ impl<'a> Compiler<'a> {
         // owner index); otherwise every filter is a set and the planner combines them. An `_id`
         // filter drives by the primary key.
         let all_sets = !self.dialect.probe_filters;
-        let driver = if filters.iter().any(|f| matches!(f, Filter::Id(_))) {
-            None
-        } else {
-            filters.iter().enumerate().filter_map(|(i, f)| drive_rank(f).map(|r| (r, i))).min().map(|(_, i)| i)
-        };
+        let driver = driver("", filters);
         for (i, f) in filters.iter().enumerate() {
             self.sql.push(" AND ");
             let drive = all_sets || driver == Some(i);
@@ -492,10 +514,10 @@ impl<'a> Compiler<'a> {
     /// `[NOT] EXISTS (SELECT 1 … WHERE <same resource> …` otherwise. The caller closes it.
     fn open_subquery(&mut self, alias: &str, types: &[String], table: &str, v: &str, drive: bool, negate: bool) {
         if drive && !negate {
-            let _ = write!(
-                self.sql.text,
-                "{alias}.id IN (SELECT {v}.resource_id FROM {table} {v} WHERE {v}.resource_type IN "
-            );
+            if !std::mem::take(&mut self.bare_driver) {
+                let _ = write!(self.sql.text, "{alias}.id IN ");
+            }
+            let _ = write!(self.sql.text, "(SELECT {v}.resource_id FROM {table} {v} WHERE {v}.resource_type IN ");
             self.sql.list(types);
         } else {
             let _ = write!(
@@ -574,10 +596,10 @@ impl<'a> Compiler<'a> {
                 self.depth += 1;
                 let inner_alias = format!("r{}", self.depth);
                 if drive {
-                    let _ = write!(
-                        self.sql.text,
-                        "{alias}.id IN (SELECT x.target_id FROM search_reference x WHERE x.target_type IN "
-                    );
+                    if !std::mem::take(&mut self.bare_driver) {
+                        let _ = write!(self.sql.text, "{alias}.id IN ");
+                    }
+                    self.sql.push("(SELECT x.target_id FROM search_reference x WHERE x.target_type IN ");
                     self.sql.list(types);
                 } else {
                     let _ = write!(
@@ -967,6 +989,39 @@ impl<'a> Compiler<'a> {
         self.after(keys, after, i + 1, backward)?;
         self.sql.push("))");
         Ok(())
+    }
+}
+
+/// The filter that drives the lookup of a search on `ty` (see [`drive_rank`]): none when `_id`
+/// does (by the primary key). A patient compartment on Patient itself (the Patient or what
+/// references it) is no set of ids from one index, so it drives only other types.
+fn driver(ty: &str, filters: &[Filter]) -> Option<usize> {
+    if filters.iter().any(|f| matches!(f, Filter::Id(_))) {
+        return None;
+    }
+    filters
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !(ty == "Patient" && matches!(f, Filter::Compartment { .. })))
+        .filter_map(|(i, f)| drive_rank(f).map(|r| (r, i)))
+        .min()
+        .map(|(_, i)| i)
+}
+
+/// Whether the index rows that `filter` selects come in resource id order: one reference or
+/// one identifier, an equality on every index column before the resource id. (A date window or
+/// a list of values would have to be sorted in full first, which the join does not pay for.)
+fn rows_in_id_order(filter: &Filter) -> bool {
+    match filter {
+        Filter::Test { kind: ParamKind::Reference, modifier, values, .. } => {
+            values.len() == 1
+                && matches!(values[0], SearchValue::Reference { id: Some(_), .. })
+                && !matches!(modifier, Modifier::Identifier | Modifier::Not)
+        }
+        Filter::Test { param, modifier: Modifier::None, values, .. } if param == "identifier" => {
+            matches!(values.as_slice(), [SearchValue::Token { system: SystemMatch::Is(_), code: Some(_) }])
+        }
+        _ => false,
     }
 }
 

@@ -41,6 +41,12 @@ pub struct Dialect {
     /// probes (`EXISTS`) instead of sets (`id IN (…)`): SQLite builds every `IN` set in full,
     /// PostgreSQL's planner chooses well between both on its own.
     pub probe_filters: bool,
+    /// Whether a search page in id order walks its most selective filter's index rows in id
+    /// order, joined to the resources (`FROM (SELECT DISTINCT …) d JOIN resources …`), probing
+    /// the other filters per candidate, so that it stops after one page. PostgreSQL otherwise
+    /// builds the driving set in full and sorts it; SQLite's `id IN (…)` is already walked in
+    /// order.
+    pub join_driver: bool,
     /// Whether dynamic statements number their placeholders (`$1`) or use `?`.
     pub numbered_params: bool,
     /// Opens and closes a JSON array of SQL values, as text (search paging keys).
@@ -77,6 +83,7 @@ pub const SQLITE: Dialect = Dialect {
     select_current_for_write: SELECT_CURRENT_VERSION,
     select_current_locked: SELECT_CURRENT,
     probe_filters: true,
+    join_driver: false,
     numbered_params: false,
     json_array_open: "json_array(",
     json_array_close: ")",
@@ -93,6 +100,7 @@ pub const POSTGRES: Dialect = Dialect {
         "SELECT version_id, deleted, last_updated FROM resources WHERE resource_type = $1 AND id = $2 FOR UPDATE",
     select_current_locked: concat!(select_current!(), " FOR UPDATE"),
     probe_filters: false,
+    join_driver: true,
     numbered_params: true,
     json_array_open: "json_build_array(",
     json_array_close: ")::text",

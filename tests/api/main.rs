@@ -151,6 +151,7 @@ fn main() {
         search::index_follows_updates_and_deletes,
         search::configured_page_size_and_count_cap,
         search::previous_links_walk_back,
+        search::reference_driven_pages_hold_each_match_once,
         search::composite_parameters_pair_code_and_value,
         search::deceased_is_a_computed_boolean,
     ];

@@ -532,3 +532,70 @@ pub async fn deceased_is_a_computed_boolean(app: TestApp) {
     app.put(&format!("Patient/{died}"), &revived).await.expect(200);
     assert_eq!(ids(&app, "Patient?deceased=true").await, set(&[&died_on]));
 }
+
+/// Searches driven by one reference or identifier (the performer's referrals, paged by id): a
+/// referral that names its performer twice, or carries one identifier value under two systems,
+/// is one match, paging forward and back finds each open referral
+/// once and in id order, and closed ones never.
+pub async fn reference_driven_pages_hold_each_match_once(app: TestApp) {
+    let role = id_of(&app, json!({"resourceType": "PractitionerRole", "active": true})).await;
+    let mut open = Vec::new();
+    for i in 0..9 {
+        let status = if i % 3 == 2 { "completed" } else { "active" };
+        let mut performers = vec![json!({"reference": format!("PractitionerRole/{role}")})];
+        if i % 2 == 0 {
+            performers.push(json!({"reference": format!("PractitionerRole/{role}"), "display": "again"}));
+        }
+        let id = id_of(
+            &app,
+            json!({"resourceType": "ServiceRequest", "status": status, "intent": "order",
+                "subject": {"reference": "Group/g"}, "performer": performers,
+                "identifier": [{"system": "urn:a", "value": format!("ref-{role}")}, {"system": "urn:b", "value": format!("ref-{role}")}]}),
+        )
+        .await;
+        if status == "active" {
+            open.push(id);
+        }
+    }
+    open.sort();
+    let query = format!("ServiceRequest?performer=PractitionerRole/{role}&status=active&_count=2");
+    let next = |bundle: &Value, rel: &str| {
+        bundle["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == rel)
+            .map(|l| l["url"].as_str().unwrap().strip_prefix(BASE).unwrap().trim_start_matches('/').to_owned())
+    };
+    let (mut seen, mut pages) = (Vec::new(), Vec::new());
+    let mut url = query.clone();
+    loop {
+        let r = app.get(&url).await;
+        r.expect(200);
+        seen.extend(matched(&r.json, "id"));
+        pages.push(r.json.clone());
+        match next(&r.json, "next") {
+            Some(n) => url = n,
+            None => break,
+        }
+        assert!(pages.len() < 10, "paging does not end");
+    }
+    assert_eq!(seen, open, "each open referral once, in id order");
+    let mut back = matched(&pages[pages.len() - 1], "id");
+    let mut bundle = pages[pages.len() - 1].clone();
+    while let Some(previous) = next(&bundle, "previous") {
+        bundle = app.get(&previous).await.json;
+        let mut page = matched(&bundle, "id");
+        page.extend(back);
+        back = page;
+    }
+    assert_eq!(back, open, "walking back finds the same matches");
+    let all = app.get(&format!("ServiceRequest?performer=PractitionerRole/{role}&_total=accurate")).await;
+    assert_eq!(all.json["total"], 9);
+    assert_eq!(matched(&all.json, "id").len(), 9);
+    // An identifier value under two systems is two index rows of one resource.
+    assert_eq!(
+        matched(&app.get(&format!("ServiceRequest?identifier=ref-{role}&status=active")).await.json, "id"),
+        open
+    );
+}
