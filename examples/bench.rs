@@ -31,9 +31,12 @@ struct Args {
     /// Storage engine: sqlite (a fresh file) or postgres (a fresh database).
     #[arg(long, default_value = "sqlite")]
     engine: String,
-    /// PostgreSQL server for `--engine postgres`; a database `liaison_bench` is created there.
+    /// PostgreSQL server for `--engine postgres`; the database `--pg-database` is created there.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     postgres_url: String,
+    /// The PostgreSQL database the benchmark (re)creates.
+    #[arg(long, default_value = "liaison_bench")]
+    pg_database: String,
     /// Concurrent clients.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -47,8 +50,8 @@ struct Args {
     /// The SQLite database file (default: a fresh one in a temporary directory).
     #[arg(long)]
     sqlite_file: Option<std::path::PathBuf>,
-    /// Referral packets to load as transaction Bundles (15 resources each, linked by urn:uuid)
-    /// after the single-resource load.
+    /// Referral packets (transaction Bundles of 15 resources each, linked by urn:uuid) in the
+    /// transaction workload, or loaded by `--packets-only`.
     #[arg(long, default_value_t = 100)]
     packets: usize,
     /// Load patients in transaction Bundles of this many patients each (PUT entries, the same
@@ -58,6 +61,17 @@ struct Args {
     /// Load only the shared resources and the transaction packets, then stop.
     #[arg(long)]
     packets_only: bool,
+    /// Record this run's figures (each workload's throughput relative to the reference
+    /// workload's) as the engine's baseline in this file.
+    #[arg(long)]
+    record: Option<std::path::PathBuf>,
+    /// Compare this run with the engine's baseline in this file, and exit with 1 when a
+    /// workload fell far below it (see `--tolerance`) or had errors.
+    #[arg(long, conflicts_with = "record")]
+    check: Option<std::path::PathBuf>,
+    /// The share of its baseline ratio below which a workload fails the check.
+    #[arg(long, default_value_t = 0.5)]
+    tolerance: f64,
     /// Internal: run as the server, on this database URL.
     #[arg(long, hide = true)]
     serve: Option<String>,
@@ -92,20 +106,51 @@ fn serve(database_url: &str) {
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// Makes request number `i` of a workload: method, path, body.
-type MakeRequest = Box<dyn Fn(usize) -> (String, String, Option<Value>) + Send + Sync>;
+/// One request of a workload. A path is relative to the FHIR base, or to the server's root when
+/// it starts with `/`.
+struct Call {
+    method: &'static str,
+    path: String,
+    body: Option<Value>,
+    if_match: Option<String>,
+}
+
+impl Call {
+    fn get(path: String) -> Self {
+        Self { method: "GET", path, body: None, if_match: None }
+    }
+    fn post(path: &str, body: Value) -> Self {
+        Self { method: "POST", path: path.to_owned(), body: Some(body), if_match: None }
+    }
+}
+
+/// Makes request number `i` of a workload.
+type MakeRequest = Box<dyn Fn(usize) -> Call + Send + Sync>;
 
 struct Target {
     client: HttpClient,
+    root: String,
     base: String,
 }
 
 impl Target {
-    async fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Bytes), String> {
-        let uri = if path.is_empty() { self.base.clone() } else { format!("{}/{path}", self.base) };
+    async fn send(&self, method: &'static str, path: &str, body: Option<&Value>) -> Result<(u16, Bytes), String> {
+        self.call(&Call { method, path: path.to_owned(), body: body.cloned(), if_match: None }).await
+    }
+
+    async fn call(&self, call: &Call) -> Result<(u16, Bytes), String> {
+        let (method, path, body) = (call.method, call.path.as_str(), call.body.as_ref());
+        let uri = match path {
+            "" => self.base.clone(),
+            p if p.starts_with('/') => format!("{}{p}", self.root),
+            p => format!("{}/{p}", self.base),
+        };
         let mut req = hyper::Request::builder().method(method).uri(uri);
         if body.is_some() {
             req = req.header("content-type", "application/fhir+json");
+        }
+        if let Some(version) = &call.if_match {
+            req = req.header("if-match", format!("W/\"{version}\""));
         }
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
@@ -129,11 +174,13 @@ async fn run(args: Args) {
             use sqlx::Connection;
             if !args.reuse {
                 let mut conn = sqlx::PgConnection::connect(&args.postgres_url).await.expect("PostgreSQL reachable");
-                sqlx::query("DROP DATABASE IF EXISTS liaison_bench").execute(&mut conn).await.expect("drop");
-                sqlx::query("CREATE DATABASE liaison_bench").execute(&mut conn).await.expect("create");
+                let name = &args.pg_database;
+                assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "a plain database name");
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name}")).execute(&mut conn).await.expect("drop");
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create");
             }
             let base = args.postgres_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&args.postgres_url);
-            (format!("{base}/liaison_bench"), None)
+            (format!("{base}/{}", args.pg_database), None)
         }
         other => panic!("unknown engine {other}"),
     };
@@ -151,7 +198,8 @@ async fn run(args: Args) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.concurrency * 2).build(connector);
-    let target = Arc::new(Target { client, base: format!("http://{addr}/fhir") });
+    let target = Arc::new(Target { client, root: format!("http://{addr}"), base: format!("http://{addr}/fhir") });
+    println!("server idle RSS: {}", rss(child.id(), "VmRSS:"));
 
     println!(
         "Liaison benchmark: engine {}, {} patients ({} resources), {} clients, {} requests per workload",
@@ -187,67 +235,106 @@ async fn run(args: Args) {
             }
         );
     }
-    if !args.reuse {
-        load_packets(&target, &args).await;
-    }
     analyze(&database_url).await;
     println!(
-        "{:<44} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7}",
+        "{:<48} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7}",
         "workload", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"
     );
 
-    let n = args.patients;
-    let workloads: Vec<(&str, MakeRequest)> = vec![
-        ("read Patient by id", Box::new(move |i| ("GET".into(), format!("Patient/pat-{}", i % n), None))),
-        (
-            "create Observation",
-            Box::new(move |i| ("POST".into(), "Observation".into(), Some(phq9(i % n, 9_000 + i, (i % 27) as i64)))),
-        ),
-        (
-            "search: patient's active care plans",
-            Box::new(move |i| ("GET".into(), format!("CarePlan?patient=pat-{}&status=active", i % n), None)),
-        ),
-        (
-            "search: open referrals for a performer",
-            Box::new(move |i| {
-                (
-                    "GET".into(),
-                    format!("ServiceRequest?performer=PractitionerRole/role-{}&status=active", i % ROLES),
-                    None,
-                )
-            }),
-        ),
-        (
-            "search: encounters in a week, _include subject",
-            Box::new(move |i| {
-                let day = 1 + (i % 20);
-                let path = format!(
-                    "Encounter?date=ge2024-03-{day:02}&date=lt2024-03-{:02}&_include=Encounter:subject&_count=20",
-                    day + 7
-                );
-                ("GET".into(), path, None)
-            }),
-        ),
-        (
-            "search: chained subject:Patient.identifier",
-            Box::new(move |i| {
-                ("GET".into(), format!("CarePlan?subject:Patient.identifier=urn:mrn|MRN{}", i % n), None)
-            }),
-        ),
-        (
-            "history of one resource",
-            Box::new(move |i| ("GET".into(), format!("CarePlan/cp-{}-0/_history", i % n), None)),
-        ),
-    ];
-    for (name, make) in workloads {
-        measure(&target, name, args.requests, args.concurrency, make).await;
+    let (n, requests, clients) = (args.patients, args.requests, args.concurrency);
+    // Spread over the data set: consecutive requests hit different patients.
+    let pick = move |i: usize| scramble(i) % n;
+    let mut results = Vec::new();
+    let mut run = async |name: &str, requests: usize, make: MakeRequest| {
+        results.push(measure(&target, name, requests, clients, make).await);
+    };
+    // The reference is cheap: measured over more requests, so that its figure is steady.
+    run(REFERENCE, requests * 10, Box::new(|_| Call::get("/health/live".into()))).await;
+    run("read Patient by id", requests, Box::new(move |i| Call::get(format!("Patient/pat-{}", pick(i))))).await;
+    run(
+        "create Observation",
+        requests,
+        Box::new(move |i| Call::post("Observation", phq9(pick(i), 9_000 + i, (i % 27) as i64))),
+    )
+    .await;
+    // Each request updates a different goal, with the version it was read at.
+    let goals = current_versions(&target, (0..requests.min(n)).map(|k| format!("Goal/goal-{k}-1")).collect()).await;
+    run(
+        "update Goal with If-Match",
+        goals.len(),
+        Box::new(move |i| {
+            let (resource, version) = &goals[i];
+            let mut body = resource.clone();
+            body["note"] = json!([{"text": format!("reviewed ({i})")}]);
+            Call {
+                method: "PUT",
+                path: format!("Goal/{}", body["id"].as_str().unwrap_or_default()),
+                body: Some(body),
+                if_match: Some(version.clone()),
+            }
+        }),
+    )
+    .await;
+    run(
+        "search: patient's active care plans",
+        requests,
+        Box::new(move |i| Call::get(format!("CarePlan?patient=pat-{}&status=active", pick(i)))),
+    )
+    .await;
+    run(
+        "search: open referrals for a performer",
+        requests,
+        Box::new(move |i| {
+            Call::get(format!("ServiceRequest?performer=PractitionerRole/role-{}&status=active", scramble(i) % ROLES))
+        }),
+    )
+    .await;
+    run(
+        "search: encounters in a week, _include subject",
+        requests,
+        Box::new(move |i| {
+            let day = 1 + (scramble(i) % 20);
+            Call::get(format!(
+                "Encounter?date=ge2024-03-{day:02}&date=lt2024-03-{:02}&_include=Encounter:subject&_count=20",
+                day + 7
+            ))
+        }),
+    )
+    .await;
+    run(
+        "search: chained subject:Patient.identifier",
+        requests,
+        Box::new(move |i| Call::get(format!("CarePlan?subject:Patient.identifier=urn:mrn|MRN{}", pick(i)))),
+    )
+    .await;
+    run(
+        "history of one resource",
+        requests,
+        Box::new(move |i| Call::get(format!("CarePlan/cp-{}-0/_history", pick(i)))),
+    )
+    .await;
+    run("Patient $everything", requests, Box::new(move |i| Call::get(format!("Patient/pat-{}/$everything", pick(i)))))
+        .await;
+    // Referral packets: 15 resources each, new ones every run.
+    let first = 1_000_000 + n + std::process::id() as usize * 10_000;
+    run(PACKETS, args.packets, Box::new(move |i| Call::post("", packet(first + i)))).await;
+    if let Some(r) = results.iter().find(|r| r.name == PACKETS) {
+        println!("  = {:.0} resources/s in transaction Bundles", r.per_second * 15.0);
     }
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok().and_then(|s| {
-        s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.trim_start_matches("VmHWM:").trim().to_owned())
-    });
-    println!("server peak RSS: {}", rss.unwrap_or_else(|| "unknown".into()));
+    println!("server peak RSS: {}", rss(child.id(), "VmHWM:"));
+    let failed = match (&args.record, &args.check) {
+        (Some(file), _) => {
+            record_baseline(file, &args.engine, &results);
+            false
+        }
+        (None, Some(file)) => !check_baseline(file, &args.engine, &results, args.tolerance),
+        (None, None) => false,
+    };
     let _ = child.kill();
     let _ = child.wait();
+    if failed {
+        std::process::exit(1);
+    }
 }
 
 /// Planner statistics after the bulk load, as PostgreSQL's autovacuum (or the server's periodic
@@ -265,7 +352,87 @@ async fn analyze(database_url: &str) {
     }
 }
 
-async fn measure(target: &Arc<Target>, name: &str, requests: usize, concurrency: usize, make: MakeRequest) {
+/// The workload every other is measured against in a regression check: the liveness endpoint,
+/// the server's HTTP stack with nothing behind it.
+const REFERENCE: &str = "reference: GET /health/live";
+const PACKETS: &str = "transaction Bundle: referral packet (15 resources)";
+
+/// What one workload measured.
+struct Measured {
+    name: String,
+    per_second: f64,
+    errors: usize,
+}
+
+/// Reads each resource's current content and version (untimed), for updates with If-Match.
+async fn current_versions(target: &Arc<Target>, paths: Vec<String>) -> Arc<Vec<(Value, String)>> {
+    let mut out = Vec::with_capacity(paths.len());
+    for chunk in paths.chunks(64) {
+        let reads = chunk.iter().map(|path| {
+            let target = target.clone();
+            let path = path.clone();
+            tokio::spawn(async move {
+                let (status, body) = target.send("GET", &path, None).await.expect("read for update");
+                assert_eq!(status, 200, "reading {path}");
+                let resource: Value = serde_json::from_slice(&body).expect("JSON");
+                let version = resource["meta"]["versionId"].as_str().expect("a version").to_owned();
+                (resource, version)
+            })
+        });
+        for read in reads.collect::<Vec<_>>() {
+            out.push(read.await.expect("reader"));
+        }
+    }
+    Arc::new(out)
+}
+
+/// A line of `/proc/<pid>/status` (`VmRSS:` now, `VmHWM:` at its peak).
+fn rss(pid: u32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(key)).map(|l| l.trim_start_matches(key).trim().to_owned()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Each workload's throughput as a share of the reference workload's in the same run.
+fn ratios(results: &[Measured]) -> serde_json::Map<String, Value> {
+    let reference = results.iter().find(|r| r.name == REFERENCE).map_or(1.0, |r| r.per_second.max(1e-9));
+    results.iter().filter(|r| r.name != REFERENCE).map(|r| (r.name.clone(), json!(r.per_second / reference))).collect()
+}
+
+/// Writes this run's ratios as the baseline of `engine` in `file`, keeping other engines'.
+fn record_baseline(file: &std::path::Path, engine: &str, results: &[Measured]) {
+    let mut all: Value =
+        std::fs::read_to_string(file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(json!({}));
+    all[engine] = Value::Object(ratios(results));
+    std::fs::write(file, serde_json::to_string_pretty(&all).expect("JSON") + "\n").expect("baseline written");
+    println!("baseline for {engine} recorded in {}", file.display());
+}
+
+/// Compares this run's ratios with the baseline of `engine` in `file`: a workload fails when it
+/// had errors, or when its ratio fell below `tolerance` times the recorded one.
+fn check_baseline(file: &std::path::Path, engine: &str, results: &[Measured], tolerance: f64) -> bool {
+    let text = std::fs::read_to_string(file).expect("baseline file readable");
+    let all: Value = serde_json::from_str(&text).expect("baseline is JSON");
+    let baseline = all[engine].as_object().unwrap_or_else(|| panic!("no baseline for {engine} in {}", file.display()));
+    let now = ratios(results);
+    let mut ok = true;
+    println!("regression check against {} (fails below {tolerance} × the recorded ratio):", file.display());
+    for r in results.iter().filter(|r| r.name != REFERENCE) {
+        let ratio = now[&r.name].as_f64().unwrap_or(0.0);
+        let verdict = match baseline.get(&r.name).and_then(Value::as_f64) {
+            _ if r.errors > 0 => format!("FAILED: {} errors", r.errors),
+            Some(base) if ratio < base * tolerance => format!("FAILED: {ratio:.5} < {tolerance} × {base:.5}"),
+            Some(base) => format!("ok: {:.2} × the baseline", ratio / base),
+            None => "FAILED: no baseline recorded".into(),
+        };
+        ok &= verdict.starts_with("ok");
+        println!("  {:<48} {verdict}", r.name);
+    }
+    ok
+}
+
+async fn measure(target: &Arc<Target>, name: &str, requests: usize, concurrency: usize, make: MakeRequest) -> Measured {
     let make = Arc::new(make);
     let next = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
@@ -280,9 +447,9 @@ async fn measure(target: &Arc<Target>, name: &str, requests: usize, concurrency:
                 if i >= requests {
                     break;
                 }
-                let (method, path, body) = make(scramble(i));
+                let call = make(i);
                 let t = Instant::now();
-                match target.send(&method, &path, body.as_ref()).await {
+                match target.call(&call).await {
                     Ok((status, _)) if status < 300 => {}
                     _ => {
                         errors.fetch_add(1, Ordering::Relaxed);
@@ -303,15 +470,17 @@ async fn measure(target: &Arc<Target>, name: &str, requests: usize, concurrency:
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
             .map_or(0.0, |d| d.as_secs_f64() * 1e3)
     };
+    let (per_second, errors) = (all.len() as f64 / secs, errors.load(Ordering::Relaxed));
     println!(
-        "{name:<44} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7}",
+        "{name:<48} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7}",
         all.len(),
-        all.len() as f64 / secs,
+        per_second,
         pct(0.50),
         pct(0.95),
         pct(0.99),
-        errors.load(Ordering::Relaxed)
+        errors
     );
+    Measured { name: name.to_owned(), per_second, errors }
 }
 
 /// Spreads consecutive request numbers over the data set (a fixed permutation, repeatable).

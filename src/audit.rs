@@ -6,7 +6,8 @@
 //!
 //! A successful write records its AuditEvent in its own database transaction
 //! ([`AuditLog::record_in`]); everything else goes through a writer task that commits whatever
-//! is queued in one transaction ([`AuditLog::record`]), and the request waits for that commit:
+//! is queued in one transaction, several at once ([`AuditLog::record`]), and the request waits
+//! for that commit:
 //! if the record cannot be stored, the request fails (fail closed). Each record is also logged as
 //! a structured line, with types and ids only.
 
@@ -292,9 +293,16 @@ fn prepare(base_url: &str, record: &AuditRecord) -> (String, Map<String, Value>)
     (uuid::Uuid::new_v4().to_string(), record.to_resource(base_url))
 }
 
-/// Commits what is queued, a batch per transaction, and tells each request how it went.
+/// Batches committed at once: their rows go in side by side, and they queue only to link
+/// them into the chain ([`crate::store::WriteTx::record_audits`]).
+const WRITERS: usize = 4;
+
+/// Commits what is queued, a batch per transaction and up to [`WRITERS`] transactions at once,
+/// and tells each request how it went.
 async fn writer(mut pending: mpsc::Receiver<Pending>, store: Arc<Store>, registry: Arc<Registry>, base_url: String) {
+    let writers = Arc::new(tokio::sync::Semaphore::new(WRITERS));
     while let Some(first) = pending.recv().await {
+        let Ok(permit) = writers.clone().acquire_owned().await else { break };
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match pending.try_recv() {
@@ -302,24 +310,27 @@ async fn writer(mut pending: mpsc::Receiver<Pending>, store: Arc<Store>, registr
                 Err(_) => break,
             }
         }
-        let prepared: Vec<_> = batch.iter().map(|(r, _)| prepare(&base_url, r)).collect();
-        let index = |v: &Value| index_of(&registry, &base_url, v);
-        let result = commit(&store, &prepared, &index).await;
-        let ok = match result {
-            Ok(()) => {
-                for ((record, _), (id, _)) in batch.iter().zip(&prepared) {
-                    record.log(id);
+        let (store, registry, base_url) = (store.clone(), registry.clone(), base_url.clone());
+        tokio::spawn(async move {
+            let prepared: Vec<_> = batch.iter().map(|(r, _)| prepare(&base_url, r)).collect();
+            let index = |v: &Value| index_of(&registry, &base_url, v);
+            let ok = match commit(&store, &prepared, &index).await {
+                Ok(()) => {
+                    for ((record, _), (id, _)) in batch.iter().zip(&prepared) {
+                        record.log(id);
+                    }
+                    true
                 }
-                true
+                Err(e) => {
+                    tracing::error!(error = %e, db.code = e.code(), records = batch.len(), "writing the audit trail failed");
+                    false
+                }
+            };
+            drop(permit);
+            for (_, done) in batch {
+                let _ = done.send(ok);
             }
-            Err(e) => {
-                tracing::error!(error = %e, db.code = e.code(), records = batch.len(), "writing the audit trail failed");
-                false
-            }
-        };
-        for (_, done) in batch {
-            let _ = done.send(ok);
-        }
+        });
     }
 }
 

@@ -3,7 +3,11 @@
 //! [`super::WriteTx::record_audit`]; [`Store::verify_audit`] walks the chain and reports the
 //! first link that does not hold.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use sha2::{Digest, Sha256};
+
+use crate::fhir::Millis;
 
 use super::sql::{self, Dialect, POSTGRES, SQLITE};
 use super::{on_db, Db, Store, StoreError};
@@ -19,6 +23,23 @@ pub fn link_hash(prev: &str, seq: i64, id: &str, content: &str) -> String {
         h.update(b"\n");
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The first of `n` consecutive recorded times (milliseconds) for new AuditEvents: never
+/// earlier than the clock, and later than any this process gave before, so that a client's
+/// successive interactions sort by date in the order they happened (concurrent appends link
+/// into the chain in the order they lock its head, which may differ by a millisecond or two).
+pub fn recorded_times(n: usize) -> Millis {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let n = i64::try_from(n).unwrap_or(i64::MAX).max(1);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let first = crate::fhir::now_millis().max(last + 1);
+        match LAST.compare_exchange_weak(last, first + n - 1, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return first,
+            Err(seen) => last = seen,
+        }
+    }
 }
 
 /// What a walk of the chain found.

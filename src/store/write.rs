@@ -305,9 +305,9 @@ impl WriteTx {
 
     /// Appends AuditEvents (`(id, resource)` each) to the audit trail: their rows, their index
     /// rows (`index` of the final content; no history: an AuditEvent has one version), and a
-    /// link of the hash chain each, all in a handful of multi-row statements. Each `recorded`
-    /// time is set here, later than its predecessor's, so that the trail sorts by date in chain
-    /// order. Locks the chain's head until the transaction ends, so call it last.
+    /// link of the hash chain each, all in a handful of multi-row statements. The rows go in
+    /// first; only then is the chain's head locked (until the transaction ends) to link them, so
+    /// that concurrent appends insert side by side and queue only for the links. Call it last.
     #[tracing::instrument(skip_all)]
     pub async fn record_audits(
         &mut self,
@@ -318,45 +318,41 @@ impl WriteTx {
         if events.is_empty() {
             return Ok(());
         }
+        let (mut rows, mut stored, mut entries) = (Vec::new(), Vec::new(), Vec::new());
+        let mut now = super::audit::recorded_times(events.len());
+        for (id, mut resource) in events {
+            resource.insert("recorded".into(), Value::from(fhir::format_instant(now)));
+            fhir::stamp(&mut resource, &id, 1, now);
+            let value = Value::Object(resource);
+            entries.push((id.clone(), index(&value)));
+            let content = value.to_string();
+            let text = |s: &str| Bind::Text(s.to_owned());
+            rows.push(vec![text(TYPE), text(&id), Bind::Int(1), Bind::Int(now), Bind::Bool(false), text(&content)]);
+            stored.push((id, content));
+            now += 1;
+        }
         on_tx!(self.tx, |conn, dialect| {
-            let (mut seq, mut prev, mut last): (i64, String, Millis) =
-                sqlx::query_as(dialect.lock_audit_head).fetch_one(&mut *conn).await?;
-            let (mut rows, mut links, mut entries) = (Vec::new(), Vec::new(), Vec::new());
-            for (id, mut resource) in events {
-                let now = fhir::now_millis().max(last + 1);
-                resource.insert("recorded".into(), Value::from(fhir::format_instant(now)));
-                fhir::stamp(&mut resource, &id, 1, now);
-                let value = Value::Object(resource);
-                entries.push((id.clone(), index(&value)));
-                let content = value.to_string();
-                seq += 1;
-                let hash = super::audit::link_hash(&prev, seq, &id, &content);
-                let text = |s: &str| Bind::Text(s.to_owned());
-                rows.push(vec![
-                    text(TYPE),
-                    text(&id),
-                    Bind::Int(1),
-                    Bind::Int(now),
-                    Bind::Bool(false),
-                    Bind::Text(content),
-                ]);
-                links.push(vec![Bind::Int(seq), text(&id), Bind::Text(prev), text(&hash)]);
-                (prev, last) = (hash, now);
-            }
             let columns = ["resource_type", "id", "version_id", "last_updated", "deleted", "content"];
             let mut statements = search_sql::insert_rows(dialect, "resources", &columns, rows);
             let ids: Vec<(&str, &[IndexEntry])> = entries.iter().map(|(id, e)| (id.as_str(), e.as_slice())).collect();
             statements.extend(search_sql::index_inserts(dialect, TYPE, &ids));
-            statements.extend(search_sql::insert_rows(
-                dialect,
-                "audit_chain",
-                &["seq", "id", "prev_hash", "hash"],
-                links,
-            ));
             for statement in statements {
                 bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;
             }
-            sqlx::query(sql::UPDATE_AUDIT_HEAD).bind(seq).bind(&prev).bind(last).execute(&mut *conn).await?;
+            let (mut seq, mut prev, _): (i64, String, Millis) =
+                sqlx::query_as(dialect.lock_audit_head).fetch_one(&mut *conn).await?;
+            let mut links = Vec::new();
+            for (id, content) in &stored {
+                seq += 1;
+                let hash = super::audit::link_hash(&prev, seq, id, content);
+                links.push(vec![Bind::Int(seq), Bind::Text(id.clone()), Bind::Text(prev), Bind::Text(hash.clone())]);
+                prev = hash;
+            }
+            for statement in search_sql::insert_rows(dialect, "audit_chain", &["seq", "id", "prev_hash", "hash"], links)
+            {
+                bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;
+            }
+            sqlx::query(sql::UPDATE_AUDIT_HEAD).bind(seq).bind(&prev).bind(now - 1).execute(&mut *conn).await?;
         });
         Ok(())
     }
