@@ -322,17 +322,18 @@ async fn run(args: Args) {
         println!("  = {:.0} resources/s in transaction Bundles", r.per_second * 15.0);
     }
     println!("server peak RSS: {}", rss(child.id(), "VmHWM:"));
-    let failed = match (&args.record, &args.check) {
-        (Some(file), _) => {
-            record_baseline(file, &args.engine, &results);
-            false
-        }
-        (None, Some(file)) => !check_baseline(file, &args.engine, &results, args.tolerance),
-        (None, None) => false,
-    };
     let _ = child.kill();
     let _ = child.wait();
-    if failed {
+    let settings = json!({
+        "patients": args.patients, "requests": args.requests, "concurrency": args.concurrency,
+        "packets": args.packets, "build": if cfg!(debug_assertions) { "dev" } else { "release" },
+    });
+    let passed = match (&args.record, &args.check) {
+        (Some(file), _) => record_baseline(file, &args.engine, &settings, &results),
+        (None, Some(file)) => check_baseline(file, &args.engine, &settings, &results, args.tolerance),
+        (None, None) => true,
+    };
+    if !passed {
         std::process::exit(1);
     }
 }
@@ -400,21 +401,46 @@ fn ratios(results: &[Measured]) -> serde_json::Map<String, Value> {
     results.iter().filter(|r| r.name != REFERENCE).map(|r| (r.name.clone(), json!(r.per_second / reference))).collect()
 }
 
-/// Writes this run's ratios as the baseline of `engine` in `file`, keeping other engines'.
-fn record_baseline(file: &std::path::Path, engine: &str, results: &[Measured]) {
+/// Writes this run's ratios, with the settings they were measured with, as the baseline of
+/// `engine` in `file`, keeping other engines'. A run with failed requests is no baseline.
+fn record_baseline(file: &std::path::Path, engine: &str, settings: &Value, results: &[Measured]) -> bool {
+    if let Some(r) = results.iter().find(|r| r.errors > 0) {
+        println!("not recorded: {} had {} failed requests", r.name, r.errors);
+        return false;
+    }
     let mut all: Value =
         std::fs::read_to_string(file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(json!({}));
-    all[engine] = Value::Object(ratios(results));
+    all[engine] = json!({"settings": settings, "ratios": ratios(results)});
     std::fs::write(file, serde_json::to_string_pretty(&all).expect("JSON") + "\n").expect("baseline written");
     println!("baseline for {engine} recorded in {}", file.display());
+    true
 }
 
-/// Compares this run's ratios with the baseline of `engine` in `file`: a workload fails when it
-/// had errors, or when its ratio fell below `tolerance` times the recorded one.
-fn check_baseline(file: &std::path::Path, engine: &str, results: &[Measured], tolerance: f64) -> bool {
-    let text = std::fs::read_to_string(file).expect("baseline file readable");
-    let all: Value = serde_json::from_str(&text).expect("baseline is JSON");
-    let baseline = all[engine].as_object().unwrap_or_else(|| panic!("no baseline for {engine} in {}", file.display()));
+/// Compares this run's ratios with the baseline of `engine` in `file`, which must have been
+/// measured with the same settings: a workload fails when it had errors, or when its ratio fell
+/// below `tolerance` times the recorded one.
+fn check_baseline(
+    file: &std::path::Path,
+    engine: &str,
+    settings: &Value,
+    results: &[Measured],
+    tolerance: f64,
+) -> bool {
+    let all: Value = match std::fs::read_to_string(file).map(|t| serde_json::from_str(&t)) {
+        Ok(Ok(all)) => all,
+        _ => {
+            println!("FAILED: no baseline file {} (or not JSON)", file.display());
+            return false;
+        }
+    };
+    let (Some(baseline), recorded) = (all[engine]["ratios"].as_object(), &all[engine]["settings"]) else {
+        println!("FAILED: no baseline for {engine} in {}", file.display());
+        return false;
+    };
+    if recorded != settings {
+        println!("FAILED: the baseline was measured with {recorded}, this run with {settings}");
+        return false;
+    }
     let now = ratios(results);
     let mut ok = true;
     println!("regression check against {} (fails below {tolerance} × the recorded ratio):", file.display());

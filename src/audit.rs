@@ -293,14 +293,11 @@ fn prepare(base_url: &str, record: &AuditRecord) -> (String, Map<String, Value>)
     (uuid::Uuid::new_v4().to_string(), record.to_resource(base_url))
 }
 
-/// Batches committed at once: their rows go in side by side, and they queue only to link
-/// them into the chain ([`crate::store::WriteTx::record_audits`]).
-const WRITERS: usize = 4;
-
-/// Commits what is queued, a batch per transaction and up to [`WRITERS`] transactions at once,
-/// and tells each request how it went.
+/// Commits what is queued, a batch per transaction, as many transactions at once as the
+/// engine makes progress with ([`Store::concurrent_writers`]: their rows go in side by side,
+/// and they queue only to link them into the chain), and tells each request how it went.
 async fn writer(mut pending: mpsc::Receiver<Pending>, store: Arc<Store>, registry: Arc<Registry>, base_url: String) {
-    let writers = Arc::new(tokio::sync::Semaphore::new(WRITERS));
+    let writers = Arc::new(tokio::sync::Semaphore::new(store.concurrent_writers()));
     while let Some(first) = pending.recv().await {
         let Ok(permit) = writers.clone().acquire_owned().await else { break };
         let mut batch = vec![first];

@@ -25,12 +25,15 @@ pub fn link_hash(prev: &str, seq: i64, id: &str, content: &str) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The last recorded time this process gave out, or saw at the chain's head.
+static LAST: AtomicI64 = AtomicI64::new(0);
+
 /// The first of `n` consecutive recorded times (milliseconds) for new AuditEvents: never
-/// earlier than the clock, and later than any this process gave before, so that a client's
-/// successive interactions sort by date in the order they happened (concurrent appends link
-/// into the chain in the order they lock its head, which may differ by a millisecond or two).
+/// earlier than the clock, and later than any this process gave out or saw at the chain's head
+/// before, so that a client's successive interactions sort by date in the order they happened.
+/// Appends running at the same moment link into the chain in the order they lock its head, so
+/// there, date order and chain order may differ by a millisecond or two.
 pub fn recorded_times(n: usize) -> Millis {
-    static LAST: AtomicI64 = AtomicI64::new(0);
     let n = i64::try_from(n).unwrap_or(i64::MAX).max(1);
     let mut last = LAST.load(Ordering::Relaxed);
     loop {
@@ -40,6 +43,11 @@ pub fn recorded_times(n: usize) -> Millis {
             Err(seen) => last = seen,
         }
     }
+}
+
+/// Notes a recorded time seen at the chain's head: later times start after it.
+pub fn recorded_after(seen: Millis) {
+    LAST.fetch_max(seen, Ordering::Relaxed);
 }
 
 /// What a walk of the chain found.

@@ -318,6 +318,15 @@ impl Store {
         Ok(())
     }
 
+    /// How many write transactions can make progress at once: one on SQLite (one writer
+    /// connection), several on PostgreSQL.
+    pub fn concurrent_writers(&self) -> usize {
+        match self.db {
+            Db::Sqlite { .. } => 1,
+            Db::Postgres(_) => 4,
+        }
+    }
+
     /// Open and idle connections of the pool that serves reads (SQLite's readers; PostgreSQL's
     /// one pool).
     pub fn pool_usage(&self) -> (u32, usize) {

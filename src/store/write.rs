@@ -308,6 +308,7 @@ impl WriteTx {
     /// link of the hash chain each, all in a handful of multi-row statements. The rows go in
     /// first; only then is the chain's head locked (until the transaction ends) to link them, so
     /// that concurrent appends insert side by side and queue only for the links. Call it last.
+    /// Recorded times come from [`super::audit::recorded_times`].
     #[tracing::instrument(skip_all)]
     pub async fn record_audits(
         &mut self,
@@ -339,8 +340,11 @@ impl WriteTx {
             for statement in statements {
                 bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;
             }
-            let (mut seq, mut prev, _): (i64, String, Millis) =
+            let (mut seq, mut prev, head_recorded): (i64, String, Millis) =
                 sqlx::query_as(dialect.lock_audit_head).fetch_one(&mut *conn).await?;
+            // Later batches of this process start after the head (another replica's, or before a
+            // restart or a clock step).
+            super::audit::recorded_after(head_recorded);
             let mut links = Vec::new();
             for (id, content) in &stored {
                 seq += 1;
@@ -352,7 +356,8 @@ impl WriteTx {
             {
                 bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;
             }
-            sqlx::query(sql::UPDATE_AUDIT_HEAD).bind(seq).bind(&prev).bind(now - 1).execute(&mut *conn).await?;
+            let recorded = head_recorded.max(now - 1);
+            sqlx::query(sql::UPDATE_AUDIT_HEAD).bind(seq).bind(&prev).bind(recorded).execute(&mut *conn).await?;
         });
         Ok(())
     }
