@@ -71,7 +71,8 @@ impl Store {
     /// Walks the audit chain from the first link and checks every link: sequence numbers
     /// without gaps, each link naming its predecessor's hash, each hash matching its
     /// AuditEvent as stored, the head matching the last link, and no AuditEvent outside the
-    /// chain.
+    /// chain. The walk reads one snapshot, so appends committed meanwhile are not mistaken for
+    /// damage.
     pub async fn verify_audit(&self) -> Result<ChainReport, StoreError> {
         const BATCH: i64 = 1000;
         let mut expected_seq = 1_i64;
@@ -80,37 +81,42 @@ impl Store {
             verified: (seq - 1).max(0) as u64,
             broken: Some(BrokenLink { seq, id: id.map(str::to_owned), reason: reason.to_owned() }),
         };
-        loop {
-            let rows: Vec<(i64, String, String, String, Option<String>)> = on_db!(self, reader, |pool, _d| {
-                sqlx::query_as(sql::SELECT_AUDIT_LINKS).bind(expected_seq).bind(BATCH).fetch_all(pool).await?
-            });
-            let done = (rows.len() as i64) < BATCH;
-            for (seq, id, prev_hash, hash, content) in rows {
-                if seq != expected_seq {
-                    return Ok(broken(expected_seq, None, "the link is missing (a record was removed)"));
+        let (head_seq, head_hash, events) = on_db!(self, reader, |pool, dialect| {
+            let mut snapshot = pool.begin_with(dialect.begin_snapshot).await?;
+            loop {
+                let rows: Vec<(i64, String, String, String, Option<String>)> = sqlx::query_as(sql::SELECT_AUDIT_LINKS)
+                    .bind(expected_seq)
+                    .bind(BATCH)
+                    .fetch_all(&mut *snapshot)
+                    .await?;
+                let done = (rows.len() as i64) < BATCH;
+                for (seq, id, prev_hash, hash, content) in rows {
+                    if seq != expected_seq {
+                        return Ok(broken(expected_seq, None, "the link is missing (a record was removed)"));
+                    }
+                    if prev_hash != prev {
+                        return Ok(broken(seq, Some(&id), "the link does not follow its predecessor"));
+                    }
+                    let Some(content) = content else {
+                        return Ok(broken(seq, Some(&id), "the AuditEvent is missing"));
+                    };
+                    if link_hash(&prev, seq, &id, &content) != hash {
+                        return Ok(broken(seq, Some(&id), "the AuditEvent or its link was altered"));
+                    }
+                    prev = hash;
+                    expected_seq += 1;
                 }
-                if prev_hash != prev {
-                    return Ok(broken(seq, Some(&id), "the link does not follow its predecessor"));
+                if done {
+                    break;
                 }
-                let Some(content) = content else {
-                    return Ok(broken(seq, Some(&id), "the AuditEvent is missing"));
-                };
-                if link_hash(&prev, seq, &id, &content) != hash {
-                    return Ok(broken(seq, Some(&id), "the AuditEvent or its link was altered"));
-                }
-                prev = hash;
-                expected_seq += 1;
             }
-            if done {
-                break;
-            }
-        }
-        let last = expected_seq - 1;
-        let ((head_seq, head_hash, _), (events,)): ((i64, String, i64), (i64,)) = on_db!(self, reader, |pool, _d| {
-            let head = sqlx::query_as(sql::SELECT_AUDIT_HEAD).fetch_one(pool).await?;
-            let count = sqlx::query_as(sql::COUNT_AUDIT_EVENTS).fetch_one(pool).await?;
-            (head, count)
+            let (head_seq, head_hash, _): (i64, String, i64) =
+                sqlx::query_as(sql::SELECT_AUDIT_HEAD).fetch_one(&mut *snapshot).await?;
+            let (events,): (i64,) = sqlx::query_as(sql::COUNT_AUDIT_EVENTS).fetch_one(&mut *snapshot).await?;
+            snapshot.rollback().await?;
+            (head_seq, head_hash, events)
         });
+        let last = expected_seq - 1;
         if head_seq != last || head_hash != prev {
             return Ok(broken(last + 1, None, "records after the last link were removed"));
         }

@@ -30,6 +30,9 @@ pub const COUNT_AUDIT_EVENTS: &str = "SELECT COUNT(*) FROM resources WHERE resou
 pub struct Dialect {
     /// Starts a write transaction.
     pub begin_write: &'static str,
+    /// Starts a read transaction that sees one snapshot throughout (SQLite's WAL readers do
+    /// from their first read).
+    pub begin_snapshot: &'static str,
     /// Serialises conditional creates with the same condition (`$1`: a 64-bit key).
     pub lock_condition: &'static str,
     /// Reads the current version for a write; on PostgreSQL it also locks the row, so that
@@ -79,6 +82,7 @@ macro_rules! claim_notifications {
 /// upgrade a read lock; with one writer there is nothing else to lock.
 pub const SQLITE: Dialect = Dialect {
     begin_write: "BEGIN IMMEDIATE",
+    begin_snapshot: "BEGIN",
     lock_condition: "SELECT $1",
     select_current_for_write: SELECT_CURRENT_VERSION,
     select_current_locked: SELECT_CURRENT,
@@ -95,6 +99,7 @@ pub const SQLITE: Dialect = Dialect {
 /// PostgreSQL: advisory and row locks make concurrent replicas behave as one server.
 pub const POSTGRES: Dialect = Dialect {
     begin_write: "BEGIN",
+    begin_snapshot: "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
     lock_condition: "SELECT pg_advisory_xact_lock($1)",
     select_current_for_write:
         "SELECT version_id, deleted, last_updated FROM resources WHERE resource_type = $1 AND id = $2 FOR UPDATE",

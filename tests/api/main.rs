@@ -136,6 +136,7 @@ fn main() {
         audit::audit_failure_fails_the_request,
         audit::tampering_breaks_the_chain,
         audit::removing_records_breaks_the_chain,
+        audit::chain_verifies_under_concurrent_appends,
         search::token_search_forms,
         search::string_search_is_case_and_accent_insensitive,
         search::reference_search_forms,
