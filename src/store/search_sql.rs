@@ -564,6 +564,14 @@ impl<'a> Compiler<'a> {
                 self.where_clause(&inner_alias, target_types, inner);
                 self.sql.push("))");
             }
+            Filter::Compartment { patient, params } if types.len() == 1 && types[0] == "Patient" => {
+                // The Patient itself and the Patients that link to it, as one set the primary
+                // key looks up (an `OR` of both would scan every Patient on PostgreSQL).
+                let _ = write!(self.sql.text, "{alias}.id IN (SELECT CAST(");
+                self.sql.text(patient.clone()).push(" AS TEXT) UNION ALL SELECT x.resource_id FROM search_reference x");
+                self.sql.push(" WHERE x.resource_type = 'Patient' AND x.param IN ").list(params);
+                self.sql.push(" AND x.target_type = 'Patient' AND x.target_id = ").text(patient.clone()).push(")");
+            }
             Filter::Compartment { patient, params } => {
                 self.sql.push("(");
                 if types.iter().any(|t| t == "Patient") {

@@ -86,6 +86,12 @@ pub async fn everything_returns_the_patients_compartment_in_pages(app: TestApp) 
     app.get(&format!("{alice}/$everything?_type=Spaceship")).await.expect(400);
     app.get(&format!("{alice}/$everything?_cursor=bogus")).await.expect(400);
     app.get("Patient/nobody/$everything").await.expect(404);
+    // A Patient record that links to Alice's is in her compartment (Patient.link).
+    let mut linked = fixtures::patient();
+    linked["link"] = json!([{"other": {"reference": alice}, "type": "seealso"}]);
+    let linked = id_of(&app, linked).await;
+    let (patients, _) = all_pages(&app, &format!("{alice}/$everything?_type=Patient")).await;
+    assert_eq!(patients.into_iter().collect::<BTreeSet<_>>(), [alice.clone(), linked].into_iter().collect());
 
     // A patient-scoped caller gets their own record only.
     let s = Secured::new(&app).await;
