@@ -383,7 +383,7 @@ impl<'a> Compiler<'a> {
         let types = [ty.to_owned()];
         // In id order, the page can stop early if the driving filter's rows come in id order.
         let joined = if self.dialect.join_driver && keys.is_empty() {
-            driver(ty, filters).filter(|&i| rows_in_id_order(&filters[i]))
+            driver(filters).filter(|&i| rows_in_id_order(&filters[i]))
         } else {
             None
         };
@@ -501,7 +501,7 @@ impl<'a> Compiler<'a> {
         // owner index); otherwise every filter is a set and the planner combines them. An `_id`
         // filter drives by the primary key.
         let all_sets = !self.dialect.probe_filters;
-        let driver = driver("", filters);
+        let driver = driver(filters);
         for (i, f) in filters.iter().enumerate() {
             self.sql.push(" AND ");
             let drive = all_sets || driver == Some(i);
@@ -1000,20 +1000,13 @@ impl<'a> Compiler<'a> {
     }
 }
 
-/// The filter that drives the lookup of a search on `ty` (see [`drive_rank`]): none when `_id`
-/// does (by the primary key). A patient compartment on Patient itself (the Patient or what
-/// references it) is no set of ids from one index, so it drives only other types.
-fn driver(ty: &str, filters: &[Filter]) -> Option<usize> {
+/// The filter that drives the lookup (see [`drive_rank`]): none when `_id` does (by the
+/// primary key).
+fn driver(filters: &[Filter]) -> Option<usize> {
     if filters.iter().any(|f| matches!(f, Filter::Id(_))) {
         return None;
     }
-    filters
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| !(ty == "Patient" && matches!(f, Filter::Compartment { .. })))
-        .filter_map(|(i, f)| drive_rank(f).map(|r| (r, i)))
-        .min()
-        .map(|(_, i)| i)
+    filters.iter().enumerate().filter_map(|(i, f)| drive_rank(f).map(|r| (r, i))).min().map(|(_, i)| i)
 }
 
 /// Whether the index rows that `filter` selects come in resource id order: one reference or
