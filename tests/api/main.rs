@@ -78,6 +78,7 @@ fn main() {
         validation::malformed_json_is_400,
         validation::wrong_content_type_is_415,
         validation::oversized_body_is_413,
+        validation::hostile_queries_ids_and_numbers_get_4xx,
         validation::missing_reference_target_is_422_and_nothing_is_stored,
         validation::reference_to_a_disallowed_type_is_400,
         validation::primitive_formats_are_checked,

@@ -161,3 +161,67 @@ pub async fn contained_references_resolve(app: TestApp) {
     r.expect(400);
     assert_eq!(r.issue_expressions(), ["CarePlan.contained[0].lifecycleStatus"]);
 }
+
+/// Hostile queries, ids and numbers: each gets a 4xx OperationOutcome (or a bounded answer), and
+/// the server stays healthy.
+pub async fn hostile_queries_ids_and_numbers_get_4xx(app: TestApp) {
+    let pid = app.create(fixtures::patient()).await["id"].as_str().unwrap().to_owned();
+    // Thousands of parameters.
+    let many = (0..5000).map(|i| format!("name=x{i}")).collect::<Vec<_>>().join("&");
+    let r = app.get(&format!("Patient?{many}")).await;
+    r.expect(400);
+    assert!(r.issues()[0]["diagnostics"].as_str().unwrap().contains("at most 100 parameters"), "{}", r.text);
+    let r =
+        app.get(&format!("Patient?name={}", (0..5000).map(|i| format!("x{i}")).collect::<Vec<_>>().join(","))).await;
+    r.expect(400);
+    // As many as allowed still answer.
+    let r = app.get(&format!("Patient?name={}", (0..200).map(|i| format!("x{i}")).collect::<Vec<_>>().join(","))).await;
+    r.expect(200);
+    let dates = (0..200).map(|i| format!("ap2024-01-{:02}", 1 + i % 28)).collect::<Vec<_>>().join(",");
+    app.get(&format!("Patient?birthdate={dates}")).await.expect(200);
+    let r = app.get(&format!("Patient?name={}", (0..201).map(|i| format!("x{i}")).collect::<Vec<_>>().join(","))).await;
+    r.expect(400);
+    let r = app
+        .get(&format!("Patient?{}", (0..100).map(|i| format!("name:contains=x{i}")).collect::<Vec<_>>().join("&")))
+        .await;
+    r.expect(200);
+    // Absurd `_count`: capped, or refused when it is no number.
+    let r = app.get("Patient?_count=1000000000").await;
+    r.expect(200);
+    for bad in ["-1", "99999999999999999999999", "1e9", "lots"] {
+        let r = app.get(&format!("Patient?_count={bad}")).await;
+        assert_eq!(r.status.as_u16(), 400, "_count={bad}: {}", r.text);
+    }
+    // Include cycles with :iterate end.
+    let r = app.get("Patient?_include:iterate=Patient:link&_revinclude:iterate=Patient:link&_include:iterate=Patient:general-practitioner").await;
+    r.expect(200);
+    // Chains deeper than allowed.
+    let r = app.get("CarePlan?subject:Patient.link:Patient.link:Patient.link:Patient.link:Patient.link.name=x").await;
+    r.expect(400);
+    // Path traversal and odd ids.
+    for path in
+        ["Patient/..%2F..%2Fetc%2Fpasswd", "Patient/%2e%2e", "Patient/a%00b", &format!("Patient/{}", "a".repeat(65))]
+    {
+        let r = app.get(path).await;
+        assert!(matches!(r.status.as_u16(), 400 | 404), "{path}: {} {}", r.status, r.text);
+    }
+    let mut p = fixtures::patient();
+    p["id"] = json!("../escape");
+    let r = app.put("Patient/..%2Fescape", &p).await;
+    assert!(matches!(r.status.as_u16(), 400 | 404), "{} {}", r.status, r.text);
+    // Numbers out of range.
+    for value in ["1e400", "-1e400", "123456789012345678901234567890"] {
+        let body = format!(
+            r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},"subject":{{"reference":"Patient/{pid}"}},"valueInteger":{value}}}"#
+        );
+        let r = app.send(Method::POST, "Observation", &[], Some(body)).await;
+        r.expect(400);
+    }
+    // A huge array within the size limit.
+    let mut p = fixtures::patient();
+    p["identifier"] =
+        json!((0..5000).map(|i| json!({"system": "urn:x", "value": format!("v{i}")})).collect::<Vec<_>>());
+    let r = app.post("Patient", &p).await;
+    assert!(matches!(r.status.as_u16(), 201 | 400 | 413), "{} {}", r.status, r.text);
+    app.get("Patient").await.expect(200);
+}

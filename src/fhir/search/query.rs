@@ -8,6 +8,10 @@ use crate::fhir::{date_range, Millis};
 pub const DEFAULT_COUNT: u32 = 20;
 /// How deep chains and `_has` may nest, and how many `_include:iterate` rounds run.
 pub const MAX_DEPTH: usize = 4;
+/// The most parameters one search may have, and the most values (comma-separated) in all of
+/// them: each becomes a condition of one SQL statement, which both engines bound.
+pub const MAX_PARAMS: usize = 100;
+pub const MAX_VALUES: usize = 200;
 
 /// A comparison prefix of number, date and quantity values (search.html#prefix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,6 +254,13 @@ pub fn parse(
     options: ParseOptions,
 ) -> Result<SearchQuery, QueryError> {
     let ParseOptions { base_url, strict, max_count } = options;
+    if pairs.len() > MAX_PARAMS {
+        return Err(err("", format!("a search takes at most {MAX_PARAMS} parameters, not {}", pairs.len())));
+    }
+    let values: usize = pairs.iter().map(|(_, v)| 1 + v.matches(',').count()).sum();
+    if values > MAX_VALUES {
+        return Err(err("", format!("a search takes at most {MAX_VALUES} values in all, not {values}")));
+    }
     let mut q = SearchQuery { count: DEFAULT_COUNT.min(max_count), ..SearchQuery::default() };
     for (name, value) in pairs {
         match name.as_str() {
