@@ -108,6 +108,16 @@ fn entries(bundle: &Value, mode: &str) -> Vec<Value> {
     bundle["entry"].as_array().into_iter().flatten().filter(|e| e["search"]["mode"] == mode).cloned().collect()
 }
 
+/// The path (below the base) of a Bundle's link with relation `rel`.
+fn link(bundle: &Value, rel: &str) -> Option<String> {
+    bundle["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == rel)
+        .map(|l| l["url"].as_str().unwrap().strip_prefix(BASE).unwrap().trim_start_matches('/').to_owned())
+}
+
 fn set(items: &[&String]) -> BTreeSet<String> {
     items.iter().map(|s| (*s).clone()).collect()
 }
@@ -293,9 +303,8 @@ pub async fn sort_count_and_paging_links(app: TestApp) {
             assert_eq!(r.json["total"], 3, "the first page carries the total");
         }
         seen.extend(entries(&r.json, "match").iter().map(|e| e["resource"]["title"].as_str().unwrap().to_owned()));
-        let next = r.json["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").cloned();
-        match next {
-            Some(l) => url = l["url"].as_str().unwrap().strip_prefix(BASE).unwrap().trim_start_matches('/').to_owned(),
+        match link(&r.json, "next") {
+            Some(next) => url = next,
             None => break,
         }
     }
@@ -334,8 +343,8 @@ pub async fn paging_is_stable_under_concurrent_writes(app: TestApp) {
             app.put(&format!("Goal/{id}"), &current).await.expect(200);
         }
         page += 1;
-        match r.json["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next") {
-            Some(l) => url = l["url"].as_str().unwrap().strip_prefix(BASE).unwrap().trim_start_matches('/').to_owned(),
+        match link(&r.json, "next") {
+            Some(next) => url = next,
             None => break,
         }
         assert!(page < 20);
@@ -450,14 +459,6 @@ pub async fn previous_links_walk_back(app: TestApp) {
         )
         .await;
     }
-    let link = |bundle: &Value, rel: &str| {
-        bundle["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == rel)
-            .map(|l| l["url"].as_str().unwrap().strip_prefix(BASE).unwrap().trim_start_matches('/').to_owned())
-    };
     for query in ["Goal?_count=3", "Goal?_count=3&_sort=-start-date", "Goal?_count=3&_sort=start-date"] {
         let mut forward = Vec::new();
         let mut url = query.to_owned();
@@ -559,14 +560,6 @@ pub async fn reference_driven_pages_hold_each_match_once(app: TestApp) {
     }
     open.sort();
     let query = format!("ServiceRequest?performer=PractitionerRole/{role}&status=active&_count=2");
-    let next = |bundle: &Value, rel: &str| {
-        bundle["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == rel)
-            .map(|l| l["url"].as_str().unwrap().strip_prefix(BASE).unwrap().trim_start_matches('/').to_owned())
-    };
     let (mut seen, mut pages) = (Vec::new(), Vec::new());
     let mut url = query.clone();
     loop {
@@ -574,7 +567,7 @@ pub async fn reference_driven_pages_hold_each_match_once(app: TestApp) {
         r.expect(200);
         seen.extend(matched(&r.json, "id"));
         pages.push(r.json.clone());
-        match next(&r.json, "next") {
+        match link(&r.json, "next") {
             Some(n) => url = n,
             None => break,
         }
@@ -583,7 +576,7 @@ pub async fn reference_driven_pages_hold_each_match_once(app: TestApp) {
     assert_eq!(seen, open, "each open referral once, in id order");
     let mut back = matched(&pages[pages.len() - 1], "id");
     let mut bundle = pages[pages.len() - 1].clone();
-    while let Some(previous) = next(&bundle, "previous") {
+    while let Some(previous) = link(&bundle, "previous") {
         bundle = app.get(&previous).await.json;
         let mut page = matched(&bundle, "id");
         page.extend(back);
