@@ -135,11 +135,20 @@ struct Target {
 
 impl Target {
     async fn send(&self, method: &'static str, path: &str, body: Option<&Value>) -> Result<(u16, Bytes), String> {
-        self.call(&Call { method, path: path.to_owned(), body: body.cloned(), if_match: None }).await
+        self.request(method, path, body, None).await
     }
 
     async fn call(&self, call: &Call) -> Result<(u16, Bytes), String> {
-        let (method, path, body) = (call.method, call.path.as_str(), call.body.as_ref());
+        self.request(call.method, &call.path, call.body.as_ref(), call.if_match.as_deref()).await
+    }
+
+    async fn request(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<(u16, Bytes), String> {
         let uri = match path {
             "" => self.base.clone(),
             p if p.starts_with('/') => format!("{}{p}", self.root),
@@ -149,7 +158,7 @@ impl Target {
         if body.is_some() {
             req = req.header("content-type", "application/fhir+json");
         }
-        if let Some(version) = &call.if_match {
+        if let Some(version) = if_match {
             req = req.header("if-match", format!("W/\"{version}\""));
         }
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
@@ -213,7 +222,9 @@ async fn run(args: Args) {
         for r in shared() {
             put(&target, &r).await;
         }
-        load_packets(&target, &args).await;
+        print_header();
+        let measured = measure(&target, PACKETS, args.packets, args.concurrency, packets(&args)).await;
+        print_stored(&measured);
         let _ = child.kill();
         let _ = child.wait();
         return;
@@ -236,10 +247,7 @@ async fn run(args: Args) {
         );
     }
     analyze(&database_url).await;
-    println!(
-        "{:<48} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7}",
-        "workload", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"
-    );
+    print_header();
 
     let (n, requests, clients) = (args.patients, args.requests, args.concurrency);
     // Spread over the data set: consecutive requests hit different patients.
@@ -315,13 +323,11 @@ async fn run(args: Args) {
     .await;
     run("Patient $everything", requests, Box::new(move |i| Call::get(format!("Patient/pat-{}/$everything", pick(i)))))
         .await;
-    // Referral packets: 15 resources each, new ones every run.
-    let first = 1_000_000 + n + std::process::id() as usize * 10_000;
-    run(PACKETS, args.packets, Box::new(move |i| Call::post("", packet(first + i)))).await;
+    run(PACKETS, args.packets, packets(&args)).await;
     // The reference once more, so that the check compares with both ends of the run.
     run(REFERENCE, requests * 10, Box::new(|_| Call::get("/health/live".into()))).await;
     if let Some(r) = results.iter().find(|r| r.name == PACKETS) {
-        println!("  = {:.0} resources/s in transaction Bundles", r.per_second * 15.0);
+        print_stored(r);
     }
     println!("server peak RSS: {}", rss(child.id(), "VmHWM:"));
     let _ = child.kill();
@@ -722,43 +728,21 @@ fn packet(i: usize) -> Value {
     json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 }
 
-/// Posts `--packets` referral packets as transaction Bundles from `--concurrency` clients and
-/// prints the resources stored per second.
-async fn load_packets(target: &Arc<Target>, args: &Args) {
-    if args.packets == 0 {
-        return;
-    }
-    let first = args.patients + 1_000_000;
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
-        let (target, next, packets) = (target.clone(), next.clone(), args.packets);
-        tasks.push(tokio::spawn(async move {
-            let mut stored = 0;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= packets {
-                    break stored;
-                }
-                let bundle = packet(first + i);
-                match target.send("POST", "", Some(&bundle)).await {
-                    Ok((200, _)) => stored += bundle["entry"].as_array().map_or(0, Vec::len),
-                    Ok((status, body)) => panic!("packet {i}: {status} {}", String::from_utf8_lossy(&body)),
-                    Err(e) => panic!("packet {i}: {e}"),
-                }
-            }
-        }));
-    }
-    let mut stored = 0;
-    for t in tasks {
-        stored += t.await.expect("packet loader");
-    }
-    let secs = started.elapsed().as_secs_f64();
+/// The transaction workload: referral packets (15 resources each, new ones every run) posted
+/// as transaction Bundles.
+fn packets(args: &Args) -> MakeRequest {
+    let first = 1_000_000 + args.patients + std::process::id() as usize * 10_000;
+    Box::new(move |i| Call::post("", packet(first + i)))
+}
+
+/// The resources per second that the transaction workload stored.
+fn print_stored(packets: &Measured) {
+    println!("  = {:.0} resources/s in transaction Bundles", packets.per_second * 15.0);
+}
+
+fn print_header() {
     println!(
-        "transaction packets: {} Bundles, {stored} resources in {secs:.2} s = {:.0} resources/s, {:.1} Bundles/s",
-        args.packets,
-        stored as f64 / secs,
-        args.packets as f64 / secs
+        "{:<48} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7}",
+        "workload", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"
     );
 }
