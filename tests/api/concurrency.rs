@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::helpers::{fixtures, TestApp};
 
-const WRITERS: usize = 16;
+const WRITERS: usize = 32;
 
 pub async fn concurrent_if_match_writers_exactly_one_wins(app: TestApp) {
     let created = app.create(fixtures::patient()).await;

@@ -10,6 +10,7 @@ mod auth;
 mod bundle;
 mod concurrency;
 mod conditional;
+mod crash;
 mod crud;
 mod disclosure;
 mod everything;
@@ -47,6 +48,7 @@ fn main() {
         disclosure::notifications_carry_only_what_anyone_may_see,
         replicas::two_replicas_behave_as_one_server,
         lifecycle::sigterm_drains_then_stops,
+        crash::acknowledged_writes_survive_sigkill,
         metrics::metrics_count_requests_errors_and_latency,
         outage::a_database_outage_is_503_and_recovers,
         telemetry::traces_join_the_callers_and_reach_the_collector,
