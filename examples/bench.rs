@@ -100,7 +100,7 @@ fn serve(database_url: &str) {
         let state = liaison::build_state(&config).await.expect("database opens");
         println!("{}", config.listen_addr);
         let app = liaison::app(state);
-        liaison::serve(listener, app, None, std::future::pending()).await.expect("serve");
+        liaison::serve(listener, app, None, Default::default(), std::future::pending()).await.expect("serve");
     });
 }
 

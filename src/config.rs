@@ -29,6 +29,19 @@ pub struct Config {
     #[arg(long, env = "LIAISON_BASE_URL")]
     pub base_url: Option<String>,
 
+    /// Connections served at once; further clients wait in the listen backlog.
+    #[arg(long, env = "LIAISON_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Seconds a client has to send a request's headers (and to finish the TLS handshake); an
+    /// idle keep-alive connection is closed after as long.
+    #[arg(long, env = "LIAISON_HEADER_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_seconds: u64,
+
+    /// Seconds a client has to send a request body once its headers are in; slower gets 408.
+    #[arg(long, env = "LIAISON_BODY_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_seconds: u64,
+
     /// Largest accepted request body, in bytes; larger bodies get 413.
     #[arg(long, env = "LIAISON_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -46,6 +59,16 @@ pub struct Config {
     /// several with 412.
     #[arg(long, env = "LIAISON_MAX_CONDITIONAL_DELETES", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_conditional_deletes: u32,
+
+    /// The most parameters one search (or search condition) may have; more is a 400.
+    #[arg(long, env = "LIAISON_MAX_SEARCH_PARAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_search_params: u32,
+
+    /// The most values (comma-separated alternatives) all parameters of one search may have
+    /// together; more is a 400. Each becomes an SQL condition: SQLite refuses statements with
+    /// much more than 400.
+    #[arg(long, env = "LIAISON_MAX_SEARCH_VALUES", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=400))]
+    pub max_search_values: u32,
 
     /// The most entries a batch or transaction Bundle may hold.
     #[arg(long, env = "LIAISON_MAX_BUNDLE_ENTRIES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -275,6 +298,11 @@ impl std::fmt::Debug for Config {
             .field("total_count_cap", &self.total_count_cap)
             .field("max_conditional_deletes", &self.max_conditional_deletes)
             .field("max_bundle_entries", &self.max_bundle_entries)
+            .field("max_search_params", &self.max_search_params)
+            .field("max_search_values", &self.max_search_values)
+            .field("max_connections", &self.max_connections)
+            .field("header_timeout_seconds", &self.header_timeout_seconds)
+            .field("body_timeout_seconds", &self.body_timeout_seconds)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key.as_ref().map(|_| "(set)"))
             .field("tls_client_ca", &self.tls_client_ca)

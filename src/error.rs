@@ -43,6 +43,9 @@ pub enum AppError {
     UnsupportedMediaType(String),
     #[error("payload too large")]
     PayloadTooLarge,
+    /// 408: the client did not send its request body in time.
+    #[error("request timeout")]
+    RequestTimeout,
     /// A Bundle with more entries than the configured maximum.
     #[error("too many bundle entries")]
     TooManyEntries(usize),
@@ -113,6 +116,9 @@ impl AppError {
             Self::NotAcceptable(why) => one(StatusCode::NOT_ACCEPTABLE, T::NotSupported, why),
             Self::UnsupportedMediaType(why) => one(StatusCode::UNSUPPORTED_MEDIA_TYPE, T::NotSupported, why),
             Self::PayloadTooLarge => one(StatusCode::PAYLOAD_TOO_LARGE, T::TooLong, "the request body is too large"),
+            Self::RequestTimeout => {
+                one(StatusCode::REQUEST_TIMEOUT, T::Timeout, "the request body did not arrive in time")
+            }
             Self::TooManyEntries(max) => one(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 T::TooLong,
@@ -211,6 +217,10 @@ impl IntoResponse for AppError {
             if let Ok(v) = HeaderValue::from_str(&challenge) {
                 headers.insert(header::WWW_AUTHENTICATE, v);
             }
+        }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // RFC 9110 §15.5.9: the connection is closed; the rest of the body is not awaited.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));

@@ -73,6 +73,10 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         max_conditional_deletes: config.max_conditional_deletes as usize,
         max_bundle_entries: config.max_bundle_entries as usize,
         max_body_bytes: config.max_body_bytes,
+        search_terms: fhir::search::query::Terms {
+            params: config.max_search_params as usize,
+            values: config.max_search_values as usize,
+        },
     };
     let label_rules = match &config.label_rules {
         Some(path) => {

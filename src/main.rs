@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(deadline).await;
     };
     tokio::select! {
-        served = liaison::serve(listener, app, tls, drain) => served.context("serving")?,
+        served = liaison::serve(listener, app, tls, liaison::serve::ConnectionLimits::from_config(&config), drain) => served.context("serving")?,
         () = cut_off => tracing::warn!("shutdown deadline passed: requests still in flight were cut off"),
     }
     tracing::info!("stopped");

@@ -84,6 +84,8 @@ pub struct Limits {
     pub max_bundle_entries: usize,
     /// The largest request body, in bytes (the entries of a batch are dispatched with it).
     pub max_body_bytes: usize,
+    /// The most parameters and values of one search.
+    pub search_terms: crate::fhir::search::query::Terms,
 }
 
 impl AppState {
@@ -121,6 +123,17 @@ impl AppState {
         let inner =
             Arc::try_unwrap(self.0).unwrap_or_else(|_| panic!("with_auth is called before the state is shared"));
         Self(Arc::new(Inner { auth: Some(auth), smart, ..inner }))
+    }
+
+    /// How a search (or a search condition) sent to this server is read: its base URL, the
+    /// configured size limits, and pages of at most `max_count`.
+    pub fn parse_options(&self, strict: bool, max_count: u32) -> crate::fhir::search::query::ParseOptions<'_> {
+        crate::fhir::search::query::ParseOptions {
+            base_url: &self.base_url,
+            strict,
+            max_count,
+            terms: self.limits.search_terms,
+        }
     }
 }
 

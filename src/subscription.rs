@@ -137,7 +137,7 @@ fn criteria_filters(state: &AppState, criteria: &str) -> Result<(ResourceType, V
         .ok_or_else(|| format!("the criteria must search a type this server holds, not '{ty}'"))?;
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query).map_err(|_| "the criteria's query is malformed")?;
-    let options = query::ParseOptions { base_url: &state.base_url, strict: true, max_count: 1 };
+    let options = state.parse_options(true, 1);
     let q = query::parse(&state.registry.search, ty.as_str(), &pairs, options)
         .map_err(|e| format!("criteria parameter '{}' {}", e.param, e.reason))?;
     Ok((ty, q.filters))

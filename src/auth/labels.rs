@@ -163,7 +163,7 @@ impl LabelRules {
         for (i, rule) in rules.into_iter().enumerate() {
             let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&rule.criteria)
                 .map_err(|_| format!("label rule {i}: criteria is not a query string"))?;
-            let options = query::ParseOptions { base_url, strict: true, max_count: 1 };
+            let options = query::ParseOptions { base_url, strict: true, max_count: 1, terms: query::Terms::default() };
             let parsed = query::parse(params, &rule.resource_type, &pairs, options)
                 .map_err(|e| format!("label rule {i} ({}): {e}", rule.resource_type))?;
             if parsed.filters.is_empty() {

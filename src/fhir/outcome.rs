@@ -30,6 +30,7 @@ pub enum IssueType {
     Conflict,
     Processing,
     TooLong,
+    Timeout,
     Transient,
     Exception,
     Informational,

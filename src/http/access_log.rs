@@ -49,8 +49,7 @@ pub async fn access_log(
         None => DEFAULT_COUNT,
     };
     search.push(("_count".into(), count.min(state.limits.max_page_size).to_string()));
-    let options =
-        query::ParseOptions { base_url: &state.base_url, strict: true, max_count: state.limits.max_page_size };
+    let options = state.parse_options(true, state.limits.max_page_size);
     let q =
         query::parse(&state.registry.search, "AuditEvent", &search, options).map_err(|e| bad(&e.param, &e.reason))?;
     let cursor = pairs.iter().find(|(k, _)| k == "_cursor").map(|(_, v)| v.as_str());

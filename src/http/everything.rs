@@ -95,7 +95,7 @@ pub async fn everything(
         if let Some(s) = param("_since") {
             since.push(("_lastUpdated".to_owned(), format!("ge{s}")));
         }
-        let options = query::ParseOptions { base_url: &state.base_url, strict: true, max_count: remaining };
+        let options = state.parse_options(true, remaining);
         let mut q =
             query::parse(&state.registry.search, ty.as_str(), &since, options).map_err(|e| bad("_since", &e.reason))?;
         q.count = remaining;

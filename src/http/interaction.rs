@@ -170,7 +170,7 @@ pub fn check_resource(
 pub fn parse_condition(state: &AppState, ty: ResourceType, text: &str, what: &str) -> Result<Vec<Filter>, AppError> {
     let text = text.split_once('?').map_or(text, |(_, q)| q);
     let pairs = query_pairs(text.as_bytes())?;
-    let options = query::ParseOptions { base_url: &state.base_url, strict: true, max_count: 2 };
+    let options = state.parse_options(true, 2);
     let parsed = query::parse(&state.registry.search, ty.as_str(), &pairs, options)
         .map_err(|e| AppError::invalid(IssueType::Invalid, format!("{what}: {e}")))?;
     if parsed.filters.is_empty() {

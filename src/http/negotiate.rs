@@ -170,6 +170,8 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Ap
     Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             AppError::PayloadTooLarge
+        } else if crate::serve::BodyTimedOut::caused(&rejection) {
+            AppError::RequestTimeout
         } else {
             AppError::invalid(IssueType::Structure, "the request body could not be read")
         }

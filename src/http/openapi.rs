@@ -548,7 +548,7 @@ fn ok_response(description: &str, schema: Option<RefOr<Schema>>, versioned: bool
 /// Any error: an OperationOutcome with the status R4 prescribes.
 fn outcome() -> Response {
     ResponseBuilder::new()
-        .description("An OperationOutcome: 400, 401, 403, 404, 405, 406, 409, 410, 412, 413, 415, 422 or 503")
+        .description("An OperationOutcome: 400, 401, 403, 404, 405, 406, 408, 409, 410, 412, 413, 415, 422 or 503")
         .content(FHIR_JSON, ContentBuilder::new().schema(Some(Ref::from_schema_name("OperationOutcome"))).build())
         .build()
 }

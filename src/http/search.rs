@@ -80,11 +80,7 @@ async fn search(
     headers: &HeaderMap,
     pairs: Vec<(String, String)>,
 ) -> Result<Response, AppError> {
-    let options = query::ParseOptions {
-        base_url: &state.base_url,
-        strict: strict_handling(headers),
-        max_count: state.limits.max_page_size,
-    };
+    let options = state.parse_options(strict_handling(headers), state.limits.max_page_size);
     let mut q = query::parse(&state.registry.search, ty.as_str(), &pairs, options)
         .map_err(|e| AppError::BadRequest(vec![Issue::at(IssueType::Invalid, e.param.clone(), e.reason.clone())]))?;
     if q.summary == Summary::Count {

@@ -18,6 +18,7 @@ mod examples;
 mod helpers;
 mod history;
 mod lifecycle;
+mod limits;
 mod metrics;
 mod outage;
 mod patch;
@@ -49,6 +50,9 @@ fn main() {
         replicas::two_replicas_behave_as_one_server,
         lifecycle::sigterm_drains_then_stops,
         crash::acknowledged_writes_survive_sigkill,
+        limits::slow_clients_are_cut_off,
+        limits::connections_beyond_the_limit_wait,
+        limits::search_size_limits_are_configurable,
         metrics::metrics_count_requests_errors_and_latency,
         outage::a_database_outage_is_503_and_recovers,
         telemetry::traces_join_the_callers_and_reach_the_collector,

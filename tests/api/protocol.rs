@@ -123,7 +123,7 @@ pub async fn serves_over_a_real_socket(app: TestApp) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(liaison::serve(listener, app.router.clone(), None, async {
+    let server = tokio::spawn(liaison::serve(listener, app.router.clone(), None, Default::default(), async {
         let _ = stopped.await;
     }));
     let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();

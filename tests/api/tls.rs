@@ -79,7 +79,7 @@ async fn start(app: &TestApp, server: &Pair, client_ca: Option<&Authority>) -> S
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(liaison::serve(listener, app.router.clone(), Some(tls.clone()), async {
+    tokio::spawn(liaison::serve(listener, app.router.clone(), Some(tls.clone()), Default::default(), async {
         let _ = stopped.await;
     }));
     Server { addr, tls, dir, stop: Some(stop) }

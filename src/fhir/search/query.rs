@@ -9,9 +9,23 @@ pub const DEFAULT_COUNT: u32 = 20;
 /// How deep chains and `_has` may nest, and how many `_include:iterate` rounds run.
 pub const MAX_DEPTH: usize = 4;
 /// The most parameters one search may have, and the most values (comma-separated) in all of
-/// them: each becomes a condition of one SQL statement, which both engines bound.
+/// them, unless configured otherwise: each becomes a condition of one SQL statement, which both
+/// engines bound.
 pub const MAX_PARAMS: usize = 100;
 pub const MAX_VALUES: usize = 200;
+
+/// How large a search may be: [`MAX_PARAMS`] and [`MAX_VALUES`] by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Terms {
+    pub params: usize,
+    pub values: usize,
+}
+
+impl Default for Terms {
+    fn default() -> Self {
+        Self { params: MAX_PARAMS, values: MAX_VALUES }
+    }
+}
 
 /// A comparison prefix of number, date and quantity values (search.html#prefix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +258,8 @@ pub struct ParseOptions<'a> {
     pub strict: bool,
     /// The largest page size; a larger `_count` is reduced to it.
     pub max_count: u32,
+    /// The most parameters and values; more is an error.
+    pub terms: Terms,
 }
 
 /// Parses the `(name, value)` pairs of a search on `ty`.
@@ -253,13 +269,13 @@ pub fn parse(
     pairs: &[(String, String)],
     options: ParseOptions,
 ) -> Result<SearchQuery, QueryError> {
-    let ParseOptions { base_url, strict, max_count } = options;
-    if pairs.len() > MAX_PARAMS {
-        return Err(err("", format!("a search takes at most {MAX_PARAMS} parameters, not {}", pairs.len())));
+    let ParseOptions { base_url, strict, max_count, terms } = options;
+    if pairs.len() > terms.params {
+        return Err(err("", format!("a search takes at most {} parameters, not {}", terms.params, pairs.len())));
     }
     let values: usize = pairs.iter().map(|(_, v)| 1 + v.matches(',').count()).sum();
-    if values > MAX_VALUES {
-        return Err(err("", format!("a search takes at most {MAX_VALUES} values in all, not {values}")));
+    if values > terms.values {
+        return Err(err("", format!("a search takes at most {} values in all, not {values}", terms.values)));
     }
     let mut q = SearchQuery { count: DEFAULT_COUNT.min(max_count), ..SearchQuery::default() };
     for (name, value) in pairs {
@@ -671,7 +687,12 @@ mod tests {
     fn q(ty: &str, pairs: &[(&str, &str)]) -> Result<SearchQuery, QueryError> {
         let params = SearchParams::r4(&crate::fhir::definitions::Definitions::r4(), SUPPORTED_TYPES);
         let pairs: Vec<(String, String)> = pairs.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect();
-        parse(&params, ty, &pairs, ParseOptions { base_url: "http://base/fhir", strict: false, max_count: 1000 })
+        parse(
+            &params,
+            ty,
+            &pairs,
+            ParseOptions { base_url: "http://base/fhir", strict: false, max_count: 1000, terms: Terms::default() },
+        )
     }
 
     #[test]
@@ -724,7 +745,7 @@ mod tests {
         let query = q("CarePlan", &[("colour", "blue")]).unwrap();
         assert_eq!(query.ignored, ["colour"]);
         let params = SearchParams::r4(&crate::fhir::definitions::Definitions::r4(), SUPPORTED_TYPES);
-        let options = ParseOptions { base_url: "", strict: true, max_count: 1000 };
+        let options = ParseOptions { base_url: "", strict: true, max_count: 1000, terms: Terms::default() };
         let strict = parse(&params, "CarePlan", &[("colour".into(), "blue".into())], options);
         assert!(strict.is_err());
     }
