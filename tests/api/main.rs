@@ -55,6 +55,7 @@ fn main() {
         limits::search_size_limits_are_configurable,
         metrics::metrics_count_requests_errors_and_latency,
         outage::a_database_outage_is_503_and_recovers,
+        outage::a_locked_sqlite_file_is_503_and_recovers,
         telemetry::traces_join_the_callers_and_reach_the_collector,
         crud::create_assigns_id_version_and_headers,
         crud::create_ignores_client_id_and_server_meta,

@@ -1,7 +1,8 @@
-//! Database outages: while PostgreSQL cannot be reached, requests get 503 OperationOutcomes (and
-//! readiness fails) rather than hanging or failing otherwise; once it is back the same server
-//! recovers without a restart. The outage is a TCP proxy between server and database that
-//! drops every connection and refuses new ones.
+//! Database outages: while PostgreSQL cannot be reached, or the SQLite file is locked by
+//! another process, requests get 503 OperationOutcomes with Retry-After rather than hanging or
+//! failing otherwise; once the database is back the same server recovers without a restart, and
+//! nothing refused was stored. The PostgreSQL outage is a TCP proxy between server and database
+//! that drops every connection and refuses new ones.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +11,10 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::helpers::{fixtures, Backend, TestApp};
+use serde_json::json;
+use sqlx::Connection;
+
+use crate::helpers::{fixtures, Backend, ServerProcess, TestApp};
 
 /// A TCP proxy to `upstream` that can be cut and restored.
 struct Proxy {
@@ -96,4 +100,40 @@ pub async fn a_database_outage_is_503_and_recovers(app: TestApp) {
     assert!(recovered, "the same server serves again once the database is back");
     server.post("Patient", &fixtures::patient()).await.expect(201);
     server.get("/health/ready").await.expect(200);
+}
+
+pub async fn a_locked_sqlite_file_is_503_and_recovers(app: TestApp) {
+    if app.backend != Backend::Sqlite {
+        return;
+    }
+    let server = ServerProcess::start(&app, &[]).await;
+    let (status, patient) = server.request("POST", "/fhir/Patient", Some(fixtures::patient())).await.unwrap();
+    assert_eq!(status, 201);
+    let path = format!("/fhir/Patient/{}", patient["id"].as_str().unwrap());
+
+    // Another process (this test) takes the database's write lock and holds it.
+    let mut holder = sqlx::SqliteConnection::connect(&app.database_url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut holder).await.unwrap();
+    let mut refused = fixtures::patient();
+    refused["identifier"] = json!([{"system": "urn:mrn", "value": "while-locked"}]);
+    let started = std::time::Instant::now();
+    let (write, read) =
+        tokio::join!(server.send("POST", "/fhir/Patient", &[], Some(refused)), server.send("GET", &path, &[], None));
+    for (what, answer) in [("write", write), ("read", read)] {
+        let (status, headers, outcome) = answer.unwrap();
+        assert_eq!(status, 503, "a {what} while the file is locked: {outcome}");
+        assert_eq!(outcome["issue"][0]["code"], "transient", "{outcome}");
+        assert!(headers.get("retry-after").is_some(), "503 says when to retry");
+    }
+    assert!(started.elapsed().as_secs() < 30, "answered, not hung: {:?}", started.elapsed());
+
+    // The lock goes: the same process serves again, and the refused write was not stored.
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    drop(holder);
+    let (status, _) = server.request("GET", &path, None).await.unwrap();
+    assert_eq!(status, 200);
+    let (status, found) = server.request("GET", "/fhir/Patient?identifier=urn:mrn%7Cwhile-locked", None).await.unwrap();
+    assert_eq!((status, found["total"].as_u64()), (200, Some(0)), "the refused write is not there: {found}");
+    let (status, _) = server.request("POST", "/fhir/Patient", Some(fixtures::patient())).await.unwrap();
+    assert_eq!(status, 201);
 }
