@@ -6,6 +6,7 @@
 //! in part.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,14 +15,14 @@ use serde_json::{json, Value};
 use crate::helpers::{fixtures, ServerProcess, TestApp};
 
 const ROUNDS: usize = 6;
-const WRITERS: usize = 8;
+pub const WRITERS: usize = 8;
 /// Goals every round's updaters share, so that If-Match writers race on them.
 const SHARED_GOALS: usize = 4;
 const MARK: &str = "urn:liaison:crash-test";
 
 /// How the server answered a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answer {
+pub enum Answer {
     /// 2xx: the write must survive.
     Acknowledged,
     /// 4xx: the write must never be visible.
@@ -42,7 +43,7 @@ impl Answer {
 
 /// One write and what became of it.
 #[derive(Debug)]
-enum Write {
+pub enum Write {
     /// A Patient created with identifier `mark`; `id` when acknowledged.
     Create { mark: String, answer: Answer, id: Option<String> },
     /// A shared Goal updated with If-Match to carry `mark` in `description.text`.
@@ -85,20 +86,53 @@ fn transaction(mark: &str, broken: bool) -> Value {
     ]})
 }
 
-/// One writer: a mix of the three kinds of write, some of them invalid on purpose, until the
-/// server stops answering.
+/// The writers of one round, and what they wrote.
+pub struct Writers {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Write>>>,
+}
+
+impl Writers {
+    /// Starts `WRITERS` writers on `server`, racing on `goals`; `round` keeps marks unique.
+    pub fn start(server: &Arc<ServerProcess>, goals: &Arc<Vec<String>>, round: usize) -> Self {
+        let (stop, log) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
+        let tasks = (0..WRITERS)
+            .map(|n| tokio::spawn(writer(server.clone(), goals.clone(), round, n, stop.clone(), log.clone())))
+            .collect();
+        Self { tasks, stop, log }
+    }
+
+    /// Tells the writers to stop (they stop by themselves once the server is gone), waits for
+    /// them, and returns what they wrote.
+    pub async fn finish(self) -> Vec<Write> {
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+/// One writer: a mix of the three kinds of write, some of them invalid on purpose, until told
+/// to stop or the server stops answering at all.
 async fn writer(
     server: Arc<ServerProcess>,
     goals: Arc<Vec<String>>,
     round: usize,
     n: usize,
+    stop: Arc<AtomicBool>,
     log: Arc<Mutex<Vec<Write>>>,
 ) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((round * WRITERS + n) as u64 + 1));
     for i in 0.. {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
         let mark = format!("r{round}-w{n}-{i}");
         let broken = rng.next(5) == 0;
-        let write = match rng.next(3) {
+        // The write, and whether the server is gone (no answer at all).
+        let (write, gone) = match rng.next(3) {
             0 => {
                 let mut patient = marked("Patient", &mark);
                 if broken {
@@ -106,12 +140,18 @@ async fn writer(
                 }
                 let result = server.request("POST", "/fhir/Patient", Some(patient)).await;
                 let id = result.as_ref().ok().and_then(|(_, p)| p["id"].as_str().map(str::to_owned));
-                Write::Create { mark, answer: Answer::of(&result), id }
+                (Write::Create { mark, answer: Answer::of(&result), id }, result.is_err())
             }
             1 => {
                 let goal = &goals[rng.next(goals.len() as u64) as usize];
-                let Ok((200, mut current)) = server.request("GET", &format!("/fhir/Goal/{goal}"), None).await else {
-                    break;
+                let mut current = match server.request("GET", &format!("/fhir/Goal/{goal}"), None).await {
+                    Ok((200, current)) => current,
+                    Ok(_) => {
+                        // The database is away: try again shortly.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    Err(_) => break,
                 };
                 // A stale version now and then must be refused with 412.
                 let version = current["meta"]["versionId"].as_str().unwrap_or("1").to_owned();
@@ -122,22 +162,26 @@ async fn writer(
                 let result = result.map(|(status, _, body)| (status, body));
                 let version =
                     result.as_ref().ok().and_then(|(_, g)| g["meta"]["versionId"].as_str().map(str::to_owned));
-                Write::Update { goal: goal.clone(), mark, answer: Answer::of(&result), version }
+                (Write::Update { goal: goal.clone(), mark, answer: Answer::of(&result), version }, result.is_err())
             }
             _ => {
                 let result = server.request("POST", "/fhir", Some(transaction(&mark, broken))).await;
-                Write::Transaction { mark, answer: Answer::of(&result) }
+                (Write::Transaction { mark, answer: Answer::of(&result) }, result.is_err())
             }
         };
-        let stop = matches!(
+        let unavailable = matches!(
             &write,
             Write::Create { answer: Answer::Unknown, .. }
                 | Write::Update { answer: Answer::Unknown, .. }
                 | Write::Transaction { answer: Answer::Unknown, .. }
         );
         log.lock().unwrap().push(write);
-        if stop {
+        if gone {
             break;
+        }
+        if unavailable {
+            // A 5xx (the database is away): back off a little, as a client would.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -168,16 +212,16 @@ async fn goal_history(server: &ServerProcess, goal: &str) -> BTreeMap<u64, Strin
 
 /// Counts by kind of answer, for the summary line.
 #[derive(Default, Debug)]
-struct Tally {
-    acknowledged: usize,
-    found: usize,
-    refused: usize,
-    unknown: usize,
-    unknown_landed: usize,
+pub struct Tally {
+    pub acknowledged: usize,
+    pub found: usize,
+    pub refused: usize,
+    pub unknown: usize,
+    pub unknown_landed: usize,
 }
 
 /// Checks every write of the log against the restarted server.
-async fn check(server: &ServerProcess, log: &[Write], goals: &[String], tally: &mut Tally) {
+pub async fn check(server: &ServerProcess, log: &[Write], goals: &[String], tally: &mut Tally) {
     let mut histories = BTreeMap::new();
     for goal in goals {
         let history = goal_history(server, goal).await;
@@ -231,9 +275,8 @@ async fn check(server: &ServerProcess, log: &[Write], goals: &[String], tally: &
     }
 }
 
-pub async fn acknowledged_writes_survive_sigkill(app: TestApp) {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    let mut rng = Rng(seed);
+/// The Goals the updaters of every round race on.
+pub async fn shared_goals(app: &TestApp) -> Arc<Vec<String>> {
     let patient = app.create(fixtures::patient()).await["id"].as_str().unwrap().to_owned();
     let mut goals = Vec::new();
     for _ in 0..SHARED_GOALS {
@@ -241,23 +284,24 @@ pub async fn acknowledged_writes_survive_sigkill(app: TestApp) {
         goal["subject"]["reference"] = json!(format!("Patient/{patient}"));
         goals.push(app.create(goal).await["id"].as_str().unwrap().to_owned());
     }
-    let goals = Arc::new(goals);
+    Arc::new(goals)
+}
+
+pub async fn acknowledged_writes_survive_sigkill(app: TestApp) {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut rng = Rng(seed);
+    let goals = shared_goals(&app).await;
     let mut tally = Tally::default();
     let mut server = Arc::new(ServerProcess::start(&app, &[]).await);
     for round in 0..ROUNDS {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let writers: Vec<_> =
-            (0..WRITERS).map(|n| tokio::spawn(writer(server.clone(), goals.clone(), round, n, log.clone()))).collect();
+        let writers = Writers::start(&server, &goals, round);
         tokio::time::sleep(Duration::from_millis(300 + rng.next(900))).await;
         let pid = server.child.id();
         let killed = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
         assert!(killed.success(), "SIGKILL sent");
-        for w in writers {
-            w.await.unwrap();
-        }
+        let log = writers.finish().await;
         drop(server);
         server = Arc::new(ServerProcess::start(&app, &[]).await);
-        let log = std::mem::take(&mut *log.lock().unwrap());
         assert!(log.len() > WRITERS, "round {round} wrote something before the kill (seed {seed})");
         check(&server, &log, &goals, &mut tally).await;
         let report = liaison::verify_audit(&liaison::Config::for_database(&app.database_url)).await.unwrap();

@@ -56,6 +56,7 @@ fn main() {
         metrics::metrics_count_requests_errors_and_latency,
         outage::a_database_outage_is_503_and_recovers,
         outage::a_locked_sqlite_file_is_503_and_recovers,
+        outage::postgres_stopped_and_restarted_under_load,
         telemetry::traces_join_the_callers_and_reach_the_collector,
         crud::create_assigns_id_version_and_headers,
         crud::create_ignores_client_id_and_server_meta,

@@ -1,12 +1,17 @@
 //! Database outages: while PostgreSQL cannot be reached, or the SQLite file is locked by
 //! another process, requests get 503 OperationOutcomes with Retry-After rather than hanging or
 //! failing otherwise; once the database is back the same server recovers without a restart, and
-//! nothing refused was stored. The PostgreSQL outage is a TCP proxy between server and database
-//! that drops every connection and refuses new ones.
+//! nothing refused was stored. One PostgreSQL outage is a TCP proxy between server and database
+//! that drops every connection and refuses new ones; the other stops a PostgreSQL cluster of the
+//! test's own (`pg_ctl stop -m immediate`, as a crash would) under concurrent writers and starts
+//! it again.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -14,6 +19,7 @@ use tokio::task::JoinHandle;
 use serde_json::json;
 use sqlx::Connection;
 
+use crate::crash::{check, shared_goals, Tally, Writers};
 use crate::helpers::{fixtures, Backend, ServerProcess, TestApp};
 
 /// A TCP proxy to `upstream` that can be cut and restored.
@@ -136,4 +142,157 @@ pub async fn a_locked_sqlite_file_is_503_and_recovers(app: TestApp) {
     assert_eq!((status, found["total"].as_u64()), (200, Some(0)), "the refused write is not there: {found}");
     let (status, _) = server.request("POST", "/fhir/Patient", Some(fixtures::patient())).await.unwrap();
     assert_eq!(status, 201);
+}
+
+/// A PostgreSQL cluster of the test's own: made with `initdb` in a temporary directory,
+/// listening on a free port, stopped and started with `pg_ctl` (as the `postgres` user when the
+/// test runs as root, since PostgreSQL refuses to run as root).
+struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl Cluster {
+    /// The directory of `initdb` and `pg_ctl`: the newest installed PostgreSQL's.
+    fn tools() -> Option<PathBuf> {
+        let from_pg_config = Command::new("pg_config").arg("--bindir").output().ok().filter(|o| o.status.success());
+        let mut candidates: Vec<PathBuf> =
+            from_pg_config.map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())).into_iter().collect();
+        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .collect();
+        versions.sort_by_key(|p| p.parent().and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok()).unwrap_or(0));
+        candidates.extend(versions.into_iter().rev());
+        candidates.into_iter().find(|bin| bin.join("initdb").exists() && bin.join("pg_ctl").exists())
+    }
+
+    fn id(flag: &str) -> Option<u32> {
+        let out = Command::new("id").args([flag, "postgres"]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+
+    /// A new, stopped cluster; `None` when PostgreSQL's server tools are not installed.
+    fn create() -> Option<Self> {
+        let bin = Self::tools()?;
+        let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let dir = tempfile::tempdir().unwrap();
+        if root {
+            let (uid, gid) = (Self::id("-u").expect("a postgres user"), Self::id("-g").expect("its group"));
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let cluster = Self { dir, bin, port, as_postgres: root };
+        let data = cluster.data();
+        cluster.run("initdb", &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"]);
+        Some(cluster)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let program = self.bin.join(tool);
+        let mut command = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let out = command.args(args).output().unwrap_or_else(|e| panic!("{tool} runs: {e}"));
+        assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn start(&self) {
+        let dir = self.dir.path().display().to_string();
+        let options = format!("-p {} -c listen_addresses=127.0.0.1 -k {dir}", self.port);
+        let log = Path::new(&dir).join("log").display().to_string();
+        self.run("pg_ctl", &["-D", &self.data(), "-w", "-l", &log, "-o", &options, "start"]);
+    }
+
+    /// Stops the server the way a crash would: no checkpoint, recovery from the WAL at start.
+    fn crash(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-w", "-m", "immediate", "stop"]);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let program = self.bin.join("pg_ctl");
+        let data = self.data();
+        let _ = if self.as_postgres {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(program)
+                .args(["-D", &data, "-m", "immediate", "stop"])
+                .output()
+        } else {
+            Command::new(program).args(["-D", &data, "-m", "immediate", "stop"]).output()
+        };
+    }
+}
+
+pub async fn postgres_stopped_and_restarted_under_load(app: TestApp) {
+    if app.backend != Backend::Postgres {
+        return;
+    }
+    let Some(cluster) = Cluster::create() else {
+        assert!(std::env::var_os("CI").is_none(), "CI needs PostgreSQL's server tools (initdb, pg_ctl)");
+        eprintln!("skipped: initdb and pg_ctl are not installed");
+        return;
+    };
+    cluster.start();
+    let local = TestApp::connect(Backend::Postgres, &cluster.url()).await;
+    let goals = shared_goals(&local).await;
+    let server = Arc::new(ServerProcess::start(&local, &[]).await);
+    let writers = Writers::start(&server, &goals, 0);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    cluster.crash();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let path = format!("/fhir/Goal/{}", goals[0]);
+    let (status, headers, outcome) = server.send("GET", &path, &[], None).await.unwrap();
+    assert_eq!(status, 503, "while the database is down: {outcome}");
+    assert!(headers.get("retry-after").is_some(), "503 says when to retry");
+    assert_eq!(server.request("GET", "/health/ready", None).await.unwrap().0, 503);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    cluster.start();
+    let mut ready = false;
+    for _ in 0..100 {
+        if server.request("GET", &path, None).await.unwrap().0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the same server process serves again once PostgreSQL is back");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let log = writers.finish().await;
+
+    let mut tally = Tally::default();
+    check(&server, &log, &goals, &mut tally).await;
+    assert!(tally.unknown > 0, "some writes were refused with 503 while the database was down");
+    let report = liaison::verify_audit(&liaison::Config::for_database(cluster.url())).await.unwrap();
+    assert_eq!(report.broken, None, "the audit chain verifies after the restart");
+    println!(
+        "PostgreSQL stopped (immediate) and restarted under {} writers: {} writes acknowledged and {} found, \
+         {} refused and none visible, {} answered 503 or cut off ({} of them landed whole)",
+        crate::crash::WRITERS,
+        tally.acknowledged,
+        tally.found,
+        tally.refused,
+        tally.unknown,
+        tally.unknown_landed
+    );
 }
