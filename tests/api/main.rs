@@ -15,6 +15,7 @@ mod crud;
 mod disclosure;
 mod everything;
 mod examples;
+mod fuzzing;
 mod helpers;
 mod history;
 mod lifecycle;
@@ -50,6 +51,7 @@ fn main() {
         replicas::two_replicas_behave_as_one_server,
         lifecycle::sigterm_drains_then_stops,
         crash::acknowledged_writes_survive_sigkill,
+        fuzzing::corpus_inputs_never_fail_the_server,
         limits::slow_clients_are_cut_off,
         limits::connections_beyond_the_limit_wait,
         limits::search_size_limits_are_configurable,

@@ -1,0 +1,77 @@
+//! What the fuzz targets share: the R4 registry, and a real server (the HTTP router over a
+//! SQLite file) that takes one request at a time and must never answer 5xx or panic.
+
+use std::sync::OnceLock;
+
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use liaison::fhir::registry::Registry;
+use tower::ServiceExt;
+
+/// The R4 definitions and search parameters, loaded once.
+pub fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(Registry::r4)
+}
+
+/// The served type a search input's first byte picks.
+pub fn pick_type(byte: u8) -> &'static str {
+    let types = liaison::fhir::registry::SUPPORTED_TYPES;
+    types[byte as usize % types.len()]
+}
+
+struct Server {
+    runtime: tokio::runtime::Runtime,
+    router: axum::Router,
+}
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let file = std::env::temp_dir().join(format!("liaison-fuzz-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&file);
+        let mut config = liaison::Config::for_database(format!("sqlite://{}?mode=rwc", file.display()));
+        config.base_url = Some("http://fuzz.test/fhir".into());
+        config.db_max_connections = 2;
+        let router = runtime.block_on(async {
+            let state = liaison::build_state(&config).await.expect("the fuzz database opens");
+            liaison::app(state)
+        });
+        let server = Server { runtime, router };
+        // Something to find, reference and include.
+        for (path, body) in [
+            ("/fhir/Patient/p1", r#"{"resourceType":"Patient","id":"p1","identifier":[{"system":"urn:mrn","value":"1"}],"name":[{"family":"Fuzz"}]}"#),
+            ("/fhir/Practitioner/dr", r#"{"resourceType":"Practitioner","id":"dr","name":[{"family":"Doc"}]}"#),
+            ("/fhir/CarePlan/cp", r#"{"resourceType":"CarePlan","id":"cp","status":"active","intent":"plan","subject":{"reference":"Patient/p1"}}"#),
+        ] {
+            let status = server.send("PUT", path, body.as_bytes().to_vec());
+            assert!(status < 300, "seeding {path}: {status}");
+        }
+        server
+    })
+}
+
+impl Server {
+    fn send(&self, method: &str, uri: &str, body: Vec<u8>) -> u16 {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/fhir+json")
+            .body(Body::from(body))
+            .expect("the target builds valid requests");
+        self.runtime.block_on(async {
+            let response = self.router.clone().oneshot(request).await.expect("the router is infallible");
+            let status = response.status().as_u16();
+            let _ = response.into_body().collect().await;
+            status
+        })
+    }
+}
+
+/// Sends one request to the shared server and fails (aborts the fuzz run) on a 5xx.
+pub fn request(method: &str, uri: &str, body: Vec<u8>) {
+    let status = server().send(method, uri, body);
+    assert!(status < 500, "{method} {uri} answered {status}");
+}
