@@ -315,6 +315,14 @@ async fn run(args: Args) {
         Box::new(move |i| Call::get(format!("CarePlan?subject:Patient.identifier=urn:mrn|MRN{}", pick(i)))),
     )
     .await;
+    // A patient's access log, newest first (every read above left a record): sorted by a
+    // search parameter, which reads each match's sort value from the index.
+    run(
+        "search: a patient's audit trail, newest first",
+        requests,
+        Box::new(move |i| Call::get(format!("AuditEvent?entity=Patient/pat-{}&_sort=-date&_count=20", pick(i)))),
+    )
+    .await;
     run(
         "history of one resource",
         requests,
