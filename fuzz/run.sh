@@ -13,7 +13,11 @@ targets=("$@")
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz: installing cargo-fuzz"
-    cargo install --locked cargo-fuzz
+    cargo install --locked cargo-fuzz --version 0.13.2
+fi
+# The fuzz servers' databases in memory when /dev/shm has 1 GB free, else in the temp folder.
+if [ -z "${LIAISON_FUZZ_DB_DIR:-}" ] && [ "$(df --output=avail -k /dev/shm 2>/dev/null | tail -n 1)" -gt 1048576 ] 2>/dev/null; then
+    export LIAISON_FUZZ_DB_DIR=/dev/shm
 fi
 # Stable compiler, no sanitizer (the code is safe Rust), debug assertions and overflow checks on.
 flags=(--release --debug-assertions --sanitizer none)
@@ -31,6 +35,6 @@ for target in "${targets[@]}"; do
         exit 1
     fi
     runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo "?")
-    corpus=$(ls "$scratch/$target" "corpus/$target" | grep -vc ':$' || true)
+    corpus=$(find "$scratch/$target" "corpus/$target" -type f | wc -l)
     echo "fuzz: $target: $runs executions in ${seconds} s, no failure (corpus: $corpus inputs)"
 done

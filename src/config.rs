@@ -35,11 +35,11 @@ pub struct Config {
 
     /// Seconds a client has to send a request's headers (and to finish the TLS handshake); an
     /// idle keep-alive connection is closed after as long.
-    #[arg(long, env = "LIAISON_HEADER_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "LIAISON_HEADER_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_timeout_seconds: u64,
 
     /// Seconds a client has to send a request body once its headers are in; slower gets 408.
-    #[arg(long, env = "LIAISON_BODY_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "LIAISON_BODY_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub body_timeout_seconds: u64,
 
     /// Largest accepted request body, in bytes; larger bodies get 413.

@@ -30,10 +30,9 @@ fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        // In memory where the machine offers it: every request commits an audit record, and the
-        // fuzzer is after wrong answers, not durability.
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+        // `run.sh` points this at memory when there is room (every request commits an audit
+        // record, and the fuzzer is after wrong answers, not durability).
+        let dir = std::env::var_os("LIAISON_FUZZ_DB_DIR").map_or_else(std::env::temp_dir, std::path::PathBuf::from);
         // Files of earlier runs whose process is gone are removed.
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();

@@ -124,6 +124,25 @@ impl<S: Send + Sync> FromRequest<S> for FhirJson {
     }
 }
 
+/// The parameters of `POST _search`: an `application/x-www-form-urlencoded` body (or none),
+/// within the size limit and the body timeout like every other body.
+pub struct FormBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for FormBody {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        let form = content_type_essence(req.headers()) == "application/x-www-form-urlencoded";
+        let bytes = body_bytes(req, state).await?;
+        if !bytes.is_empty() && !form {
+            return Err(AppError::UnsupportedMediaType(
+                "POST _search takes application/x-www-form-urlencoded parameters".into(),
+            ));
+        }
+        Ok(Self(bytes))
+    }
+}
+
 /// The body of a PATCH: JSON Patch (`application/json-patch+json`) or FHIRPath Patch (a
 /// Parameters resource as FHIR JSON).
 pub struct PatchBody(pub Patch);

@@ -5,9 +5,8 @@
 
 use std::collections::HashSet;
 
-use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -15,7 +14,7 @@ use serde_json::{json, Map, Value};
 use super::audited::patients_searched;
 use super::authorize::{compartment_filter, confine_traversed, require, Caller};
 use super::disclose::{disclose_traversed, disclosure, keep_disclosed};
-use super::negotiate::{prefer_tokens, query_pairs, Format};
+use super::negotiate::{prefer_tokens, query_pairs, FormBody, Format};
 use super::resource::TypePath;
 use crate::audit::AuditDetail;
 use crate::auth::{Access, Perm, Principal};
@@ -54,14 +53,8 @@ pub async fn search_post(
     format: Format,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Result<Response, AppError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !body.is_empty() && !content_type.starts_with("application/x-www-form-urlencoded") {
-        return Err(AppError::UnsupportedMediaType(
-            "POST _search takes application/x-www-form-urlencoded parameters".into(),
-        ));
-    }
     let mut pairs = query_pairs(q.as_deref().unwrap_or("").as_bytes())?;
     pairs.extend(query_pairs(&body)?);
     search(&state, &caller, ty, format, &headers, pairs).await

@@ -103,6 +103,17 @@ impl Writers {
         Self { tasks, stop, log }
     }
 
+    /// Waits until the writers have logged at least `n` writes (the server is up and busy).
+    pub async fn wait_for(&self, n: usize) {
+        for _ in 0..600 {
+            if self.log.lock().unwrap().len() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the writers logged fewer than {n} writes in 30 s");
+    }
+
     /// Tells the writers to stop (they stop by themselves once the server is gone), waits for
     /// them, and returns what they wrote.
     pub async fn finish(self) -> Vec<Write> {
@@ -199,6 +210,8 @@ async fn goal_history(server: &ServerProcess, goal: &str) -> BTreeMap<u64, Strin
     let (status, bundle) =
         server.request("GET", &format!("/fhir/Goal/{goal}/_history?_count=1000"), None).await.unwrap();
     assert_eq!(status, 200, "{bundle}");
+    let more = bundle["link"].as_array().into_iter().flatten().any(|l| l["relation"] == "next");
+    assert!(!more, "Goal/{goal} has more versions than one history page holds");
     bundle["entry"]
         .as_array()
         .unwrap()
@@ -295,14 +308,14 @@ pub async fn acknowledged_writes_survive_sigkill(app: TestApp) {
     let mut server = Arc::new(ServerProcess::start(&app, &[]).await);
     for round in 0..ROUNDS {
         let writers = Writers::start(&server, &goals, round);
-        tokio::time::sleep(Duration::from_millis(300 + rng.next(900))).await;
+        writers.wait_for(2 * WRITERS).await;
+        tokio::time::sleep(Duration::from_millis(rng.next(900))).await;
         let pid = server.child.id();
         let killed = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
         assert!(killed.success(), "SIGKILL sent");
         let log = writers.finish().await;
         drop(server);
         server = Arc::new(ServerProcess::start(&app, &[]).await);
-        assert!(log.len() > WRITERS, "round {round} wrote something before the kill (seed {seed})");
         check(&server, &log, &goals, &mut tally).await;
         let report = liaison::verify_audit(&liaison::Config::for_database(&app.database_url)).await.unwrap();
         assert_eq!(report.broken, None, "the audit chain verifies after round {round} (seed {seed})");

@@ -67,6 +67,13 @@ pub async fn slow_clients_are_cut_off(app: TestApp) {
     assert!(started.elapsed() >= Duration::from_millis(900), "not before the timeout: {:?}", started.elapsed());
     assert_eq!(app.get("Patient").await.json["total"], 0, "nothing of the cut-off request was stored");
 
+    // The same for the form body of a POST search.
+    let mut slow_form = TcpStream::connect(addr).await.unwrap();
+    let head = "POST /fhir/Patient/_search HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 50\r\n\r\nname=";
+    slow_form.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut slow_form, Duration::from_secs(10)).await.expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("OperationOutcome"), "{answer}");
+
     // A body sent slowly but within the timeout is fine.
     let mut steady = TcpStream::connect(addr).await.unwrap();
     let body = serde_json::json!({"resourceType": "Patient", "active": true}).to_string();

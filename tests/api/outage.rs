@@ -145,12 +145,11 @@ pub async fn a_locked_sqlite_file_is_503_and_recovers(app: TestApp) {
 }
 
 /// A PostgreSQL cluster of the test's own: made with `initdb` in a temporary directory,
-/// listening on a free port, stopped and started with `pg_ctl` (as the `postgres` user when the
+/// listening on a Unix socket there, stopped and started with `pg_ctl` (as the `postgres` user when the
 /// test runs as root, since PostgreSQL refuses to run as root).
 struct Cluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
-    port: u16,
     as_postgres: bool,
 }
 
@@ -185,8 +184,7 @@ impl Cluster {
             let (uid, gid) = (Self::id("-u").expect("a postgres user"), Self::id("-g").expect("its group"));
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let cluster = Self { dir, bin, port, as_postgres: root };
+        let cluster = Self { dir, bin, as_postgres: root };
         let data = cluster.data();
         cluster.run("initdb", &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"]);
         Some(cluster)
@@ -211,7 +209,8 @@ impl Cluster {
 
     fn start(&self) {
         let dir = self.dir.path().display().to_string();
-        let options = format!("-p {} -c listen_addresses=127.0.0.1 -k {dir}", self.port);
+        // Only a Unix socket in the cluster's directory: no TCP port to race other tests for.
+        let options = format!("-c listen_addresses= -k {dir}");
         let log = Path::new(&dir).join("log").display().to_string();
         self.run("pg_ctl", &["-D", &self.data(), "-w", "-l", &log, "-o", &options, "start"]);
     }
@@ -222,7 +221,7 @@ impl Cluster {
     }
 
     fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        format!("postgres://postgres@localhost/postgres?host={}", self.dir.path().display())
     }
 }
 
@@ -256,7 +255,7 @@ pub async fn postgres_stopped_and_restarted_under_load(app: TestApp) {
     let goals = shared_goals(&local).await;
     let server = Arc::new(ServerProcess::start(&local, &[]).await);
     let writers = Writers::start(&server, &goals, 0);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    writers.wait_for(2 * crate::crash::WRITERS).await;
 
     cluster.crash();
     tokio::time::sleep(Duration::from_millis(500)).await;
