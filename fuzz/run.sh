@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs every fuzz target for a bounded time (seconds, default 60 each) from the committed corpus,
-# and fails on the first crash, panic, 5xx answer or timeout. Installs cargo-fuzz when missing.
-# New inputs go to a scratch copy of the corpus; a crashing input is left in
-# fuzz/artifacts/<target>/ (add it to fuzz/corpus/<target>/ once fixed: `cargo test` replays it).
+# Runs every fuzz target for a bounded time (seconds, default 60 each) from the committed inputs
+# (fuzz/seeds/<target>: curated seeds and past failures; fuzz/corpus/<target>: what earlier runs
+# kept, minimised with `cargo fuzz cmin`), and fails on the first crash, panic, 5xx answer or
+# timeout. Installs cargo-fuzz when missing. New inputs go to a scratch folder; a failing input
+# is left in fuzz/artifacts/<target>/ (add it to fuzz/seeds/<target>/ once fixed: `cargo test`
+# replays it).
 #   bash fuzz/run.sh [SECONDS] [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -28,13 +30,13 @@ cargo fuzz build "${flags[@]}"
 for target in "${targets[@]}"; do
     mkdir -p "$scratch/$target"
     log="$scratch/$target.log"
-    if ! cargo fuzz run "${flags[@]}" "$target" "$scratch/$target" "corpus/$target" -- \
+    if ! cargo fuzz run "${flags[@]}" "$target" "$scratch/$target" "corpus/$target" "seeds/$target" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
         tail -n 60 "$log"
         echo "fuzz: $target FAILED; the input is in fuzz/artifacts/$target/" >&2
         exit 1
     fi
     runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo "?")
-    corpus=$(find "$scratch/$target" "corpus/$target" -type f | wc -l)
+    corpus=$(find "$scratch/$target" "corpus/$target" "seeds/$target" -type f | wc -l)
     echo "fuzz: $target: $runs executions in ${seconds} s, no failure (corpus: $corpus inputs)"
 done

@@ -1,5 +1,5 @@
-//! The fuzz corpus (`fuzz/corpus/`: the seeds, what the fuzzers kept, and every input that ever
-//! made a target fail, once fixed) replayed through the real router on both engines, so that
+//! The fuzz inputs (`fuzz/seeds/`: curated seeds and every input that ever made a target fail,
+//! once fixed; `fuzz/corpus/`: what the fuzzers kept, minimised) replayed through the real router on both engines, so that
 //! each is a regression test of `cargo test`: no input may get a 5xx or panic the server.
 
 use std::path::Path;
@@ -9,14 +9,19 @@ use serde_json::json;
 
 use crate::helpers::TestApp;
 
-/// The inputs of one fuzz target, in a stable order.
+/// The inputs of one fuzz target (the curated seeds and regressions, then what the fuzzers
+/// kept), in a stable order.
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
-    let mut inputs: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| {
-            let path = entry.unwrap().path();
-            (format!("{target}/{}", path.file_name().unwrap().to_string_lossy()), std::fs::read(&path).unwrap())
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut inputs: Vec<(String, Vec<u8>)> = ["seeds", "corpus"]
+        .iter()
+        .flat_map(|kind| {
+            let dir = root.join(kind).join(target);
+            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(move |entry| {
+                let path = entry.unwrap().path();
+                let name = format!("{kind}/{target}/{}", path.file_name().unwrap().to_string_lossy());
+                (name, std::fs::read(&path).unwrap())
+            })
         })
         .collect();
     inputs.sort();
