@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::fhir::search::query;
+use crate::serve::ConnectionLimits;
+
 /// Liaison, a FHIR R4 server for mental-health care coordination.
 #[derive(Clone, Parser)]
 #[command(version, about)]
@@ -30,16 +33,16 @@ pub struct Config {
     pub base_url: Option<String>,
 
     /// Connections served at once; further clients wait in the listen backlog.
-    #[arg(long, env = "LIAISON_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "LIAISON_MAX_CONNECTIONS", default_value_t = ConnectionLimits::DEFAULT.max_connections as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
     /// Seconds a client has to send a request's headers (and to finish the TLS handshake); an
     /// idle keep-alive connection is closed after as long.
-    #[arg(long, env = "LIAISON_HEADER_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, env = "LIAISON_HEADER_TIMEOUT_SECONDS", default_value_t = ConnectionLimits::DEFAULT.header_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_timeout_seconds: u64,
 
     /// Seconds a client has to send a request body once its headers are in; slower gets 408.
-    #[arg(long, env = "LIAISON_BODY_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, env = "LIAISON_BODY_TIMEOUT_SECONDS", default_value_t = ConnectionLimits::DEFAULT.body_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub body_timeout_seconds: u64,
 
     /// Largest accepted request body, in bytes; larger bodies get 413.
@@ -61,13 +64,13 @@ pub struct Config {
     pub max_conditional_deletes: u32,
 
     /// The most parameters one search (or search condition) may have; more is a 400.
-    #[arg(long, env = "LIAISON_MAX_SEARCH_PARAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, env = "LIAISON_MAX_SEARCH_PARAMS", default_value_t = query::MAX_PARAMS as u32, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_search_params: u32,
 
     /// The most values (comma-separated alternatives) all parameters of one search may have
     /// together; more is a 400. Each becomes an SQL condition: SQLite refuses statements with
     /// much more than 400.
-    #[arg(long, env = "LIAISON_MAX_SEARCH_VALUES", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=400))]
+    #[arg(long, env = "LIAISON_MAX_SEARCH_VALUES", default_value_t = query::MAX_VALUES as u32, value_parser = clap::value_parser!(u32).range(1..=400))]
     pub max_search_values: u32,
 
     /// The most entries a batch or transaction Bundle may hold.

@@ -36,11 +36,15 @@ pub struct ConnectionLimits {
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        Self { max_connections: 1024, header_timeout: Duration::from_secs(30), body_timeout: Duration::from_secs(30) }
+        Self::DEFAULT
     }
 }
 
 impl ConnectionLimits {
+    /// The defaults, which the configuration's flags share.
+    pub const DEFAULT: Self =
+        Self { max_connections: 1024, header_timeout: Duration::from_secs(30), body_timeout: Duration::from_secs(30) };
+
     pub fn from_config(config: &crate::Config) -> Self {
         Self {
             max_connections: config.max_connections as usize,
