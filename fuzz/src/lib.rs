@@ -9,16 +9,13 @@ use http_body_util::BodyExt;
 use liaison::fhir::registry::Registry;
 use tower::ServiceExt;
 
+mod inputs;
+pub use inputs::search_path;
+
 /// The R4 definitions and search parameters, loaded once.
 pub fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
     REGISTRY.get_or_init(Registry::r4)
-}
-
-/// The served type a search input's first byte picks.
-pub fn pick_type(byte: u8) -> &'static str {
-    let types = liaison::fhir::registry::SUPPORTED_TYPES;
-    types[byte as usize % types.len()]
 }
 
 struct Server {
@@ -50,12 +47,7 @@ fn server() -> &'static Server {
             liaison::app(state)
         });
         let server = Server { runtime, router };
-        // Something to find, reference and include.
-        for (path, body) in [
-            ("/fhir/Patient/p1", r#"{"resourceType":"Patient","id":"p1","identifier":[{"system":"urn:mrn","value":"1"}],"name":[{"family":"Fuzz"}]}"#),
-            ("/fhir/Practitioner/dr", r#"{"resourceType":"Practitioner","id":"dr","name":[{"family":"Doc"}]}"#),
-            ("/fhir/CarePlan/cp", r#"{"resourceType":"CarePlan","id":"cp","status":"active","intent":"plan","subject":{"reference":"Patient/p1"}}"#),
-        ] {
+        for (path, body) in inputs::SEED {
             let status = server.send("PUT", path, body.as_bytes().to_vec());
             assert!(status < 300, "seeding {path}: {status}");
         }

@@ -5,9 +5,12 @@
 use std::path::Path;
 
 use axum::http::Method;
-use serde_json::json;
 
 use crate::helpers::TestApp;
+
+/// The fuzz targets' own mapping from input to request.
+#[path = "../../fuzz/src/inputs.rs"]
+mod inputs;
 
 /// The inputs of one fuzz target (the curated seeds and regressions, then what the fuzzers
 /// kept), in a stable order.
@@ -29,32 +32,9 @@ fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     inputs
 }
 
-/// A URL-safe form of arbitrary bytes, as the search target sends them.
-fn percent_encoded(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|&b| match b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b) {
-            true => (b as char).to_string(),
-            false => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 pub async fn corpus_inputs_never_fail_the_server(app: TestApp) {
-    // What the fuzz targets' server holds before the first input.
-    for (path, body) in [
-        (
-            "Patient/p1",
-            json!({"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:mrn", "value": "1"}]}),
-        ),
-        ("Practitioner/dr", json!({"resourceType": "Practitioner", "id": "dr", "name": [{"family": "Doc"}]})),
-        (
-            "CarePlan/cp",
-            json!({"resourceType": "CarePlan", "id": "cp", "status": "active", "intent": "plan",
-                "subject": {"reference": "Patient/p1"}}),
-        ),
-    ] {
-        app.put(path, &body).await.expect(201);
+    for (path, body) in inputs::SEED {
+        app.send(Method::PUT, path, &[], Some((*body).to_owned())).await.expect(201);
     }
     let types = liaison::fhir::registry::SUPPORTED_TYPES;
     let mut replayed = 0;
@@ -63,9 +43,8 @@ pub async fn corpus_inputs_never_fail_the_server(app: TestApp) {
         replayed += 1;
     };
     for (name, input) in corpus("search") {
-        let Some((&pick, query)) = input.split_first() else { continue };
-        let ty = types[pick as usize % types.len()];
-        let r = app.get(&format!("{ty}?{}", percent_encoded(query))).await;
+        let Some(path) = inputs::search_path(&input) else { continue };
+        let r = app.get(&path).await;
         check(&name, r.status.as_u16(), &r.text);
     }
     for (name, input) in corpus("bundle") {
