@@ -72,6 +72,10 @@ struct Args {
     /// The share of its baseline ratio below which a workload fails the check.
     #[arg(long, default_value_t = 0.5)]
     tolerance: f64,
+    /// Run only the workloads whose names contain this text (and the reference), e.g. `read`
+    /// while profiling one of them.
+    #[arg(long, conflicts_with_all = ["record", "check"])]
+    only: Option<String>,
     /// Internal: run as the server, on this database URL.
     #[arg(long, hide = true)]
     serve: Option<String>,
@@ -253,8 +257,11 @@ async fn run(args: Args) {
     // Spread over the data set: consecutive requests hit different patients.
     let pick = move |i: usize| scramble(i) % n;
     let mut results = Vec::new();
+    let only = args.only.clone();
     let mut run = async |name: &str, requests: usize, make: MakeRequest| {
-        results.push(measure(&target, name, requests, clients, make).await);
+        if name == REFERENCE || only.as_deref().is_none_or(|o| name.contains(o)) {
+            results.push(measure(&target, name, requests, clients, make).await);
+        }
     };
     // The reference is cheap: measured over more requests, so that its figure is steady.
     run(REFERENCE, requests * 10, Box::new(|_| Call::get("/health/live".into()))).await;

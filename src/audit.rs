@@ -276,7 +276,7 @@ impl AuditLog {
     /// Records `record` in the caller's transaction (a write and its audit commit together):
     /// appended when it commits; if the trail cannot take it, the commit fails.
     pub fn record_in(&self, tx: &mut WriteTx, record: &AuditRecord) {
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = crate::fhir::new_id();
         let (registry, base_url) = (self.registry.clone(), self.base_url.clone());
         let index: AuditIndex = Arc::new(move |v: &Value| index_of(&registry, &base_url, v));
         tx.queue_audit(id.clone(), record.to_resource(&self.base_url), index);
@@ -290,7 +290,7 @@ fn index_of(registry: &Registry, base_url: &str, event: &Value) -> Vec<IndexEntr
 
 /// The AuditEvent of `record` with a new id.
 fn prepare(base_url: &str, record: &AuditRecord) -> (String, Map<String, Value>) {
-    (uuid::Uuid::new_v4().to_string(), record.to_resource(base_url))
+    (crate::fhir::new_id(), record.to_resource(base_url))
 }
 
 /// Commits what is queued, a batch per transaction, as many transactions at once as the

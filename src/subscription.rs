@@ -169,7 +169,7 @@ pub async fn notify(state: &AppState, tx: &mut WriteTx, ty: ResourceType, versio
         }
         if watched == ty && tx.matches(ty, &version.id, &filters).await? {
             queued.push(Notification {
-                id: uuid::Uuid::new_v4().to_string(),
+                id: crate::fhir::new_id(),
                 subscription_id,
                 resource_type: ty.as_str().to_owned(),
                 resource_id: version.id.clone(),

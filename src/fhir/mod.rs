@@ -25,6 +25,15 @@ pub fn now_millis() -> Millis {
     (nanos / 1_000_000) as Millis
 }
 
+/// A new server-assigned resource id: a UUID version 7, whose leading bits are the time, so
+/// that ids assigned one after another sort together. Every index keyed by id (the resource
+/// table's primary key, the search tables' owner indexes, the audit chain) then takes new rows
+/// at its end, a few pages per commit, instead of one random page per row (a version 4 UUID).
+/// The time it reveals is the creation time that `_history` shows anyway.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 fn datetime(ms: Millis) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }

@@ -400,7 +400,7 @@ async fn plan<'e>(
                 }
                 None => None,
             };
-            let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let id = id.unwrap_or_else(crate::fhir::new_id);
             (Target::Id(id.clone()), Some(id))
         }
         (Verb::Put | Verb::Patch | Verb::Delete, [_, id], None) => {
@@ -414,7 +414,7 @@ async fn plan<'e>(
             let body_id = resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str).map(str::to_owned);
             let id = match find_one(tx, ty, &filters).await? {
                 Some(found) => found,
-                None => body_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                None => body_id.unwrap_or_else(crate::fhir::new_id),
             };
             // The id a create would get, so that references to this entry can name it.
             if let Some(r) = resource.as_mut() {

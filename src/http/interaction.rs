@@ -313,7 +313,7 @@ async fn apply(state: &AppState, caller: &Principal, tx: &mut WriteTx, write: &W
                         (Some(found), _) => found,
                         (None, Some(given)) => given.to_owned(),
                         (None, None) => {
-                            let id = uuid::Uuid::new_v4().to_string();
+                            let id = crate::fhir::new_id();
                             rights.content(ty, &id, Perm::Create, derived)?;
                             let follow = referral_rules(state, caller, tx, ty, &id, resource).await?;
                             let written = tx.write(ty, &id, Change::Create(resource.clone()), derived.into()).await?;

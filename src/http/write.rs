@@ -139,7 +139,7 @@ pub async fn create(
         None => None,
     };
     // R4 http.html#create: the server assigns the id, whatever the body says.
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = crate::fhir::new_id();
     resource.insert("id".into(), Value::from(id.as_str()));
     let derived = check_resource(&state, ty, &resource, None)?;
     run(&state, &caller, Write { ty, kind: WriteKind::Create { id, resource, derived, if_none_exist } }, format, ret)
@@ -318,7 +318,7 @@ async fn validate(
             return Ok(validation_outcome(format, checked));
         }
         (Mode::Create, _, Some(mut resource)) => {
-            let id = uuid::Uuid::new_v4().to_string();
+            let id = crate::fhir::new_id();
             resource.insert("id".into(), Value::from(id.as_str()));
             match check_resource(state, ty, &resource, None) {
                 Ok(derived) => Write { ty, kind: WriteKind::Create { id, resource, derived, if_none_exist: None } },

@@ -28,6 +28,37 @@ pub async fn create_ignores_client_id_and_server_meta(app: TestApp) {
     assert_eq!(created["meta"]["tag"][0]["code"], "keep", "client meta elements are kept");
 }
 
+/// Server-assigned ids are UUIDs whose leading bits are the time (version 7), so that ids
+/// assigned one after another sort in that order, through create and through a transaction.
+pub async fn assigned_ids_sort_in_creation_order(app: TestApp) {
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(app.create(fixtures::patient()).await["id"].as_str().unwrap().to_owned());
+    }
+    let entry = |n: usize| {
+        json!({"fullUrl": format!("urn:uuid:00000000-0000-4000-8000-00000000000{n}"), "resource": fixtures::patient(),
+            "request": {"method": "POST", "url": "Patient"}})
+    };
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [entry(1), entry(2)]});
+    let r = app.post("/fhir", &bundle).await;
+    r.expect(200);
+    for e in r.json["entry"].as_array().unwrap() {
+        let location = e["response"]["location"].as_str().unwrap();
+        ids.push(location.split('/').nth(1).unwrap().to_owned());
+    }
+    for id in &ids {
+        let parsed = uuid::Uuid::parse_str(id).unwrap_or_else(|_| panic!("{id} is a UUID"));
+        assert_eq!(parsed.get_version_num(), 7, "{id}");
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    // The transaction's two entries are created at one moment; they follow the creates.
+    assert_eq!(sorted.len(), 5);
+    assert_eq!(sorted[..3], ids[..3], "created one after another");
+    assert!(ids[3..].iter().all(|id| id > &ids[2]), "ids assigned later sort after");
+}
+
 pub async fn read_returns_the_resource_as_sent(app: TestApp) {
     let patient = app.create(fixtures::patient()).await;
     let pid = patient["id"].as_str().unwrap();

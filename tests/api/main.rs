@@ -62,6 +62,7 @@ fn main() {
         telemetry::traces_join_the_callers_and_reach_the_collector,
         crud::create_assigns_id_version_and_headers,
         crud::create_ignores_client_id_and_server_meta,
+        crud::assigned_ids_sort_in_creation_order,
         crud::read_returns_the_resource_as_sent,
         crud::read_of_unknown_id_is_404,
         crud::unknown_or_unsupported_type_is_404,
