@@ -490,7 +490,8 @@ async fn measure(target: &Arc<Target>, name: &str, requests: usize, concurrency:
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (target, make, next, errors) = (target.clone(), make.clone(), next.clone(), errors.clone());
+        let (target, make, next, errors, name) =
+            (target.clone(), make.clone(), next.clone(), errors.clone(), name.to_owned());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             loop {
@@ -502,8 +503,16 @@ async fn measure(target: &Arc<Target>, name: &str, requests: usize, concurrency:
                 let t = Instant::now();
                 match target.call(&call).await {
                     Ok((status, _)) if status < 300 => {}
-                    _ => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                    failed => {
+                        // The first failure of a workload is shown, so that a figure with errors
+                        // says what they were (the data is synthetic).
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            let what = match failed {
+                                Ok((status, body)) => format!("HTTP {status}: {}", String::from_utf8_lossy(&body)),
+                                Err(e) => e,
+                            };
+                            eprintln!("{name}: first error: {} {}: {what}", call.method, call.path);
+                        }
                     }
                 }
                 latencies.push(t.elapsed());
