@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{fixtures, TestApp, TestResponse};
 
-fn entry(full_url: Option<&str>, method: &str, url: &str, resource: Option<Value>) -> Value {
+pub(crate) fn entry(full_url: Option<&str>, method: &str, url: &str, resource: Option<Value>) -> Value {
     let mut e = json!({"request": {"method": method, "url": url}});
     if let Some(f) = full_url {
         e["fullUrl"] = json!(f);
@@ -19,7 +19,7 @@ fn entry(full_url: Option<&str>, method: &str, url: &str, resource: Option<Value
     e
 }
 
-fn bundle(kind: &str, entries: Vec<Value>) -> Value {
+pub(crate) fn bundle(kind: &str, entries: Vec<Value>) -> Value {
     json!({"resourceType": "Bundle", "type": kind, "entry": entries})
 }
 

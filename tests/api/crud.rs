@@ -3,6 +3,7 @@
 use axum::http::Method;
 use serde_json::json;
 
+use crate::bundle::{bundle, entry};
 use crate::helpers::{fixtures, TestApp, BASE};
 
 pub async fn create_assigns_id_version_and_headers(app: TestApp) {
@@ -35,12 +36,8 @@ pub async fn assigned_ids_sort_in_creation_order(app: TestApp) {
     for _ in 0..3 {
         ids.push(app.create(fixtures::patient()).await["id"].as_str().unwrap().to_owned());
     }
-    let entry = |n: usize| {
-        json!({"fullUrl": format!("urn:uuid:00000000-0000-4000-8000-00000000000{n}"), "resource": fixtures::patient(),
-            "request": {"method": "POST", "url": "Patient"}})
-    };
-    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [entry(1), entry(2)]});
-    let r = app.post("/fhir", &bundle).await;
+    let create = || entry(None, "POST", "Patient", Some(fixtures::patient()));
+    let r = app.post("/fhir", &bundle("transaction", vec![create(), create()])).await;
     r.expect(200);
     for e in r.json["entry"].as_array().unwrap() {
         let location = e["response"]["location"].as_str().unwrap();
