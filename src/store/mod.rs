@@ -634,22 +634,27 @@ impl Store {
                     .bind(BATCH)
                     .fetch_all(&mut *tx)
                     .await?;
+                let mut rows = search_sql::DerivedRows::default();
                 for v in &batch {
                     let resource: Value =
                         v.content.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or(Value::Null);
                     let derived = derive(&v.resource_type, &resource);
-                    let links: Vec<&LocalReference> = derived.references.iter().collect();
-                    let rows = search_sql::derived_rows(
-                        dialect,
-                        &v.resource_type,
-                        &v.id,
-                        (&derived.index, &derived.consent),
-                        &links,
-                        true,
-                    );
-                    for statement in rows {
-                        bind_all!(sqlx::query(&statement.text), statement).execute(&mut *tx).await?;
+                    let mut targets: Vec<(String, String)> =
+                        derived.references.iter().map(|r| (r.resource_type.clone(), r.id.clone())).collect();
+                    targets.sort_unstable();
+                    targets.dedup();
+                    let owner = (v.resource_type.clone(), v.id.clone());
+                    rows.replaced.push(owner.clone());
+                    rows.index.push((owner.clone(), derived.index));
+                    rows.links.push((owner, targets));
+                    if v.resource_type == "Consent" {
+                        for statement in search_sql::consent_statements(dialect, &v.id, &derived.consent, true) {
+                            bind_all!(sqlx::query(&statement.text), statement).execute(&mut *tx).await?;
+                        }
                     }
+                }
+                for statement in rows.statements(dialect) {
+                    bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *tx).await?;
                 }
                 if batch.len() < BATCH as usize {
                     sqlx::query(sql::SET_INDEX_VERSION).bind(INDEX_VERSION).execute(&mut *tx).await?;

@@ -12,7 +12,6 @@ use crate::auth::consent::{Asking, ConsentRule};
 use crate::fhir::search::index::{normalize, IndexEntry, IndexValue};
 use crate::fhir::search::query::{Filter, Modifier, Prefix, SearchValue, SortKey, SystemMatch};
 use crate::fhir::search::ParamKind;
-use crate::fhir::validate::LocalReference;
 use crate::fhir::Millis;
 
 /// A bound value.
@@ -143,28 +142,85 @@ impl Table {
 /// Rows per multi-row INSERT: well inside both engines' limits on bound parameters.
 const INSERT_BATCH: usize = 200;
 
-/// INSERT statements writing `entries` of resource `ty/id`.
-/// The statements that make the index and link rows of resource `ty/id` be `index` and `links`;
-/// `replace` when the resource may hold rows already (it existed before).
-pub fn derived_rows(
-    dialect: &Dialect,
-    ty: &str,
-    id: &str,
-    (index, consent): (&[IndexEntry], &[ConsentRule]),
-    links: &[&LocalReference],
-    replace: bool,
-) -> Vec<Sql> {
-    let mut out = if replace { index_deletes(dialect, ty, id) } else { Vec::new() };
-    out.extend(index_inserts(dialect, ty, &[(id, index)]));
-    out.extend(link_statements(dialect, ty, id, links, replace));
-    if ty == "Consent" {
-        out.extend(consent_statements(dialect, id, consent, replace));
+/// The index and link rows that a batch of writes derives from the resources' content,
+/// written together: each table's rows of the `replaced` resources go first, then the new rows
+/// go in, one multi-row statement per table however many resources the batch holds.
+#[derive(Debug, Default)]
+pub struct DerivedRows {
+    /// Resources whose existing rows are replaced.
+    pub replaced: Vec<Key>,
+    /// Index entries, per resource.
+    pub index: Vec<(Key, Vec<IndexEntry>)>,
+    /// Local reference targets, each once, per resource.
+    pub links: Vec<(Key, Vec<Key>)>,
+}
+
+/// A resource: its type and id.
+pub type Key = (String, String);
+
+impl DerivedRows {
+    pub fn is_empty(&self) -> bool {
+        self.replaced.is_empty() && self.index.is_empty() && self.links.is_empty()
+    }
+
+    /// Whether the batch holds rows (or a replacement) of resource `ty/id`.
+    pub fn holds(&self, ty: &str, id: &str) -> bool {
+        let owns = |(t, i): &Key| t == ty && i == id;
+        self.replaced.iter().any(owns)
+            || self.index.iter().any(|(key, _)| owns(key))
+            || self.links.iter().any(|(key, _)| owns(key))
+    }
+
+    /// The statements, deletes before inserts.
+    pub fn statements(&self, dialect: &Dialect) -> Vec<Sql> {
+        let mut out = Vec::new();
+        if !self.replaced.is_empty() {
+            for table in Table::ALL {
+                out.extend(delete_owned(dialect, table.name(), ("resource_type", "resource_id"), &self.replaced));
+            }
+            out.extend(delete_owned(dialect, "resource_links", ("source_type", "source_id"), &self.replaced));
+        }
+        let index: Vec<(&str, &str, &[IndexEntry])> =
+            self.index.iter().map(|((ty, id), entries)| (ty.as_str(), id.as_str(), entries.as_slice())).collect();
+        out.extend(index_inserts(dialect, &index));
+        let links = self
+            .links
+            .iter()
+            .flat_map(|((ty, id), targets)| {
+                targets.iter().map(move |(target_type, target_id)| {
+                    [ty, id, target_type, target_id].map(|s| Bind::Text(s.clone())).to_vec()
+                })
+            })
+            .collect();
+        let columns = ["source_type", "source_id", "target_type", "target_id"];
+        out.extend(insert_rows(dialect, "resource_links", &columns, links));
+        out
+    }
+}
+
+/// `DELETE` statements removing the rows of `table` owned by `owners` (type, id): one per
+/// [`INSERT_BATCH`] owners, each `(type = … AND id IN (…)) OR …` grouped by type.
+fn delete_owned(dialect: &Dialect, table: &str, (type_column, id_column): (&str, &str), owners: &[Key]) -> Vec<Sql> {
+    let mut out = Vec::new();
+    for chunk in owners.chunks(INSERT_BATCH) {
+        let mut types: Vec<&str> = chunk.iter().map(|(ty, _)| ty.as_str()).collect();
+        types.sort_unstable();
+        types.dedup();
+        let mut sql = Sql::new(dialect);
+        sql.push(&format!("DELETE FROM {table} WHERE "));
+        for (i, ty) in types.into_iter().enumerate() {
+            let ids: Vec<String> = chunk.iter().filter(|(t, _)| t == ty).map(|(_, id)| id.clone()).collect();
+            sql.push(if i > 0 { " OR (" } else { "(" });
+            sql.push(&format!("{type_column} = ")).text(ty).push(&format!(" AND {id_column} IN "));
+            sql.list(&ids).push(")");
+        }
+        out.push(sql);
     }
     out
 }
 
 /// Statements replacing the rules of Consent `id` with `rules`.
-fn consent_statements(dialect: &Dialect, id: &str, rules: &[ConsentRule], replace: bool) -> Vec<Sql> {
+pub fn consent_statements(dialect: &Dialect, id: &str, rules: &[ConsentRule], replace: bool) -> Vec<Sql> {
     let mut out = Vec::new();
     if replace {
         for table in ["consent_rule", "consent_criterion"] {
@@ -209,15 +265,15 @@ fn consent_statements(dialect: &Dialect, id: &str, rules: &[ConsentRule], replac
     out
 }
 
-/// INSERT statements writing the index rows of several new resources of type `ty` at once
-/// (`(id, entries)` each).
-pub fn index_inserts(dialect: &Dialect, ty: &str, resources: &[(&str, &[IndexEntry])]) -> Vec<Sql> {
+/// INSERT statements writing the index rows of several resources at once (`(type, id,
+/// entries)` each): one multi-row statement per table, in chunks.
+fn index_inserts(dialect: &Dialect, resources: &[(&str, &str, &[IndexEntry])]) -> Vec<Sql> {
     let mut out = Vec::new();
     for table in Table::ALL {
-        let rows: Vec<(&str, &IndexEntry)> = resources
+        let rows: Vec<(&str, &str, &IndexEntry)> = resources
             .iter()
-            .flat_map(|(id, entries)| entries.iter().map(move |e| (*id, e)))
-            .filter(|(_, e)| Table::of_value(&e.value) == table)
+            .flat_map(|(ty, id, entries)| entries.iter().map(move |e| (*ty, *id, e)))
+            .filter(|(_, _, e)| Table::of_value(&e.value) == table)
             .collect();
         for chunk in rows.chunks(INSERT_BATCH) {
             let mut sql = Sql::new(dialect);
@@ -226,11 +282,11 @@ pub fn index_inserts(dialect: &Dialect, ty: &str, resources: &[(&str, &[IndexEnt
                 table.name(),
                 table.columns()
             ));
-            for (i, (id, e)) in chunk.iter().enumerate() {
+            for (i, (ty, id, e)) in chunk.iter().enumerate() {
                 if i > 0 {
                     sql.push(", ");
                 }
-                sql.push("(").text(ty).push(", ").text(*id).push(", ").text(e.param.clone());
+                sql.push("(").text(*ty).push(", ").text(*id).push(", ").text(e.param.clone());
                 for b in value_binds(&e.value) {
                     sql.push(", ").bind(b);
                 }
@@ -276,21 +332,6 @@ fn value_binds(value: &IndexValue) -> Vec<Bind> {
     }
 }
 
-/// `DELETE` statements removing the index rows of a resource.
-fn index_deletes(dialect: &Dialect, ty: &str, id: &str) -> Vec<Sql> {
-    Table::ALL
-        .iter()
-        .map(|table| {
-            let mut sql = Sql::new(dialect);
-            sql.push(&format!("DELETE FROM {} WHERE resource_type = ", table.name()))
-                .text(ty)
-                .push(" AND resource_id = ")
-                .text(id);
-            sql
-        })
-        .collect()
-}
-
 /// A multi-row INSERT of `rows` (each `columns.len()` values) into `table`, in chunks.
 pub fn insert_rows(dialect: &Dialect, table: &str, columns: &[&str], rows: Vec<Vec<Bind>>) -> Vec<Sql> {
     let mut out = Vec::new();
@@ -307,30 +348,6 @@ pub fn insert_rows(dialect: &Dialect, table: &str, columns: &[&str], rows: Vec<V
                 sql.bind(value);
             }
             sql.push(")");
-        }
-        out.push(sql);
-    }
-    out
-}
-
-/// Statements replacing the rows of `resource_links` held by resource `ty/id` with `targets`
-/// (`replace`: the resource may hold rows already).
-fn link_statements(dialect: &Dialect, ty: &str, id: &str, targets: &[&LocalReference], replace: bool) -> Vec<Sql> {
-    let mut out = Vec::new();
-    if replace {
-        let mut delete = Sql::new(dialect);
-        delete.push("DELETE FROM resource_links WHERE source_type = ").text(ty).push(" AND source_id = ").text(id);
-        out.push(delete);
-    }
-    for chunk in targets.chunks(INSERT_BATCH) {
-        let mut sql = Sql::new(dialect);
-        sql.push("INSERT INTO resource_links (source_type, source_id, target_type, target_id) VALUES ");
-        for (i, r) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.push("(").text(ty).push(", ").text(id).push(", ").text(r.resource_type.clone());
-            sql.push(", ").text(r.id.clone()).push(")");
         }
         out.push(sql);
     }
@@ -1093,7 +1110,7 @@ mod tests {
     fn index_rows_are_batched_per_table() {
         let entries: Vec<IndexEntry> =
             (0..450).map(|i| IndexEntry { param: "code".into(), value: IndexValue::Uri(format!("u{i}")) }).collect();
-        let inserts = index_inserts(&crate::store::sql::POSTGRES, "Patient", &[("p1", &entries)]);
+        let inserts = index_inserts(&crate::store::sql::POSTGRES, &[("Patient", "p1", &entries)]);
         assert_eq!(inserts.len(), 3);
         assert_eq!(inserts[0].binds.len(), 200 * 4);
     }

@@ -133,10 +133,6 @@ pub const INSERT_CURRENT: &str =
 pub const UPDATE_CURRENT: &str = "UPDATE resources SET version_id = $3, last_updated = $4, deleted = $5, content = $6 \
      WHERE resource_type = $1 AND id = $2 AND version_id = $7";
 
-pub const INSERT_HISTORY: &str =
-    "INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, content) \
-     VALUES ($1, $2, $3, $4, $5, $6)";
-
 /// One resource, other than the target itself, that still references `$1/$2`.
 pub const SELECT_INBOUND_LINK: &str = "SELECT source_type, source_id FROM resource_links \
      WHERE target_type = $1 AND target_id = $2 AND NOT (source_type = $1 AND source_id = $2) LIMIT 1";

@@ -2,7 +2,9 @@
 //!
 //! A single create, update, patch or delete is a transaction of one change; a transaction
 //! Bundle is a transaction of many. Each change writes the current row (compare-and-swap on
-//! the version), a history row, and the index and link rows of the new version. Referential
+//! the version) at once; its history row and the index and link rows of the new version wait
+//! and go in with those of the other changes and of the AuditEvents, one multi-row statement
+//! per table, before the transaction next reads them or commits. Referential
 //! integrity is checked once, at commit, against the transaction's final state: so the entries
 //! of a Bundle may reference each other in any order, and a Bundle may delete a resource and
 //! drop the references to it in the same go.
@@ -11,7 +13,7 @@ use serde_json::{Map, Value};
 use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
 
 use super::outbox::Notification;
-use super::search_sql::{self, Bind, Compiler};
+use super::search_sql::{self, Bind, Compiler, DerivedRows};
 use super::sql::{self, Dialect, POSTGRES, SQLITE};
 use super::{bind_all, Db, Store, StoreError, Version, WriteExtras};
 use crate::fhir::registry::ResourceType;
@@ -80,6 +82,17 @@ pub struct WriteTx {
     /// AuditEvents to append at commit, and how to index them.
     audits: Vec<(String, Map<String, Value>)>,
     audit_index: Option<AuditIndex>,
+    /// The history, index and link rows of the changes so far, not yet written (see
+    /// [`WriteTx::flush`]).
+    history: Vec<Vec<Bind>>,
+    derived: DerivedRows,
+}
+
+/// AuditEvents whose rows are in, waiting to be linked into the chain: id and stored JSON
+/// each, and the last one's recorded time.
+struct StagedAudits {
+    stored: Vec<(String, String)>,
+    last_recorded: Millis,
 }
 
 /// The index entries of an AuditEvent.
@@ -142,7 +155,15 @@ impl Store {
             Db::Sqlite { writer, .. } => Tx::Sqlite(writer.begin_with(SQLITE.begin_write).await?),
             Db::Postgres(pool) => Tx::Postgres(pool.begin_with(POSTGRES.begin_write).await?),
         };
-        Ok(WriteTx { tx, checks: Vec::new(), changes: 0, audits: Vec::new(), audit_index: None })
+        Ok(WriteTx {
+            tx,
+            checks: Vec::new(),
+            changes: 0,
+            audits: Vec::new(),
+            audit_index: None,
+            history: Vec::new(),
+            derived: DerivedRows::default(),
+        })
     }
 }
 
@@ -152,6 +173,7 @@ impl WriteTx {
     /// search, so that two conditional creates cannot both find nothing and both create.
     #[tracing::instrument(skip_all)]
     pub async fn find(&mut self, ty: ResourceType, filters: &[Filter], limit: i64) -> Result<Vec<String>, StoreError> {
+        self.flush().await?;
         let clock = fhir::now_millis();
         let rows: Vec<(String,)> = on_tx!(self.tx, |conn, dialect| {
             let key = condition_key(ty, filters);
@@ -166,6 +188,7 @@ impl WriteTx {
     /// checked against the change this transaction just wrote.
     #[tracing::instrument(skip_all)]
     pub async fn matches(&mut self, ty: ResourceType, id: &str, filters: &[Filter]) -> Result<bool, StoreError> {
+        self.flush().await?;
         let mut filters = filters.to_vec();
         filters.push(Filter::Id(vec![id.to_owned()]));
         let clock = fhir::now_millis();
@@ -288,6 +311,7 @@ impl WriteTx {
         if params.is_empty() {
             return Ok(false);
         }
+        self.flush().await?;
         let ids = [id.to_owned()];
         let rows: Vec<(String,)> = on_tx!(self.tx, |conn, dialect| {
             let sql = Compiler::new(dialect, 0).compartment_members(ty.as_str(), &ids, patient, params);
@@ -305,48 +329,69 @@ impl WriteTx {
 
     /// Appends AuditEvents (`(id, resource)` each) to the audit trail: their rows, their index
     /// rows (`index` of the final content; no history: an AuditEvent has one version), and a
-    /// link of the hash chain each, all in a handful of multi-row statements. The rows go in
-    /// first; only then is the chain's head locked (until the transaction ends) to link them, so
-    /// that concurrent appends insert side by side and queue only for the links. Call it last.
-    /// Recorded times come from [`super::audit::recorded_times`].
-    #[tracing::instrument(skip_all)]
+    /// link of the hash chain each, all in a handful of multi-row statements. Call it last.
     pub async fn record_audits(
         &mut self,
         events: Vec<(String, Map<String, Value>)>,
         index: &(dyn Fn(&Value) -> Vec<IndexEntry> + Sync),
     ) -> Result<(), StoreError> {
+        let staged = self.stage_audits(events, index).await?;
+        self.flush().await?;
+        self.link_audits(staged).await
+    }
+
+    /// Inserts the rows of AuditEvents and defers their index rows (see [`Self::flush`]), with
+    /// recorded times from [`super::audit::recorded_times`]. [`Self::link_audits`] links them
+    /// into the chain.
+    #[tracing::instrument(skip_all)]
+    async fn stage_audits(
+        &mut self,
+        events: Vec<(String, Map<String, Value>)>,
+        index: &(dyn Fn(&Value) -> Vec<IndexEntry> + Sync),
+    ) -> Result<StagedAudits, StoreError> {
         const TYPE: &str = "AuditEvent";
+        let mut staged = StagedAudits { stored: Vec::new(), last_recorded: 0 };
         if events.is_empty() {
-            return Ok(());
+            return Ok(staged);
         }
-        let (mut rows, mut stored, mut entries) = (Vec::new(), Vec::new(), Vec::new());
-        let mut now = super::audit::recorded_times(events.len());
-        for (id, mut resource) in events {
+        let mut rows = Vec::new();
+        let first = super::audit::recorded_times(events.len());
+        for (now, (id, mut resource)) in (first..).zip(events) {
             resource.insert("recorded".into(), Value::from(fhir::format_instant(now)));
             fhir::stamp(&mut resource, &id, 1, now);
             let value = Value::Object(resource);
-            entries.push((id.clone(), index(&value)));
+            self.derived.index.push(((TYPE.to_owned(), id.clone()), index(&value)));
             let content = value.to_string();
             let text = |s: &str| Bind::Text(s.to_owned());
             rows.push(vec![text(TYPE), text(&id), Bind::Int(1), Bind::Int(now), Bind::Bool(false), text(&content)]);
-            stored.push((id, content));
-            now += 1;
+            staged.stored.push((id, content));
+            staged.last_recorded = now;
         }
         on_tx!(self.tx, |conn, dialect| {
             let columns = ["resource_type", "id", "version_id", "last_updated", "deleted", "content"];
-            let mut statements = search_sql::insert_rows(dialect, "resources", &columns, rows);
-            let ids: Vec<(&str, &[IndexEntry])> = entries.iter().map(|(id, e)| (id.as_str(), e.as_slice())).collect();
-            statements.extend(search_sql::index_inserts(dialect, TYPE, &ids));
-            for statement in statements {
+            for statement in search_sql::insert_rows(dialect, "resources", &columns, rows) {
                 bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;
             }
+        });
+        Ok(staged)
+    }
+
+    /// Links staged AuditEvents into the hash chain. The chain's head is locked here, after
+    /// their rows went in, until the transaction ends: concurrent appends insert side by side
+    /// and queue only for the links.
+    #[tracing::instrument(skip_all)]
+    async fn link_audits(&mut self, staged: StagedAudits) -> Result<(), StoreError> {
+        if staged.stored.is_empty() {
+            return Ok(());
+        }
+        on_tx!(self.tx, |conn, dialect| {
             let (mut seq, mut prev, head_recorded): (i64, String, Millis) =
                 sqlx::query_as(dialect.lock_audit_head).fetch_one(&mut *conn).await?;
             // Later batches of this process start after the head (another replica's, or before a
             // restart or a clock step).
             super::audit::recorded_after(head_recorded);
             let mut links = Vec::new();
-            for (id, content) in &stored {
+            for (id, content) in &staged.stored {
                 seq += 1;
                 let hash = super::audit::link_hash(&prev, seq, id, content);
                 links.push(vec![Bind::Int(seq), Bind::Text(id.clone()), Bind::Text(prev), Bind::Text(hash.clone())]);
@@ -356,8 +401,33 @@ impl WriteTx {
             {
                 bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;
             }
-            let recorded = head_recorded.max(now - 1);
+            let recorded = head_recorded.max(staged.last_recorded);
             sqlx::query(sql::UPDATE_AUDIT_HEAD).bind(seq).bind(&prev).bind(recorded).execute(&mut *conn).await?;
+        });
+        Ok(())
+    }
+
+    /// Writes the rows that the changes so far deferred: their history rows, and their index
+    /// and link rows with those of staged AuditEvents, one multi-row statement per table for
+    /// all of them. Runs before anything in the transaction reads those tables (its searches
+    /// and integrity checks), and at commit.
+    #[tracing::instrument(skip_all)]
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.history.is_empty() && self.derived.is_empty() {
+            return Ok(());
+        }
+        let history = std::mem::take(&mut self.history);
+        let derived = std::mem::take(&mut self.derived);
+        // Statements for one write and its AuditEvent recur in a few shapes and are worth
+        // keeping prepared; those of larger batches rarely recur.
+        let keep = derived.index.len() <= 2;
+        on_tx!(self.tx, |conn, dialect| {
+            let columns = ["resource_type", "id", "version_id", "last_updated", "method", "content"];
+            let mut statements = search_sql::insert_rows(dialect, "resource_history", &columns, history);
+            statements.extend(derived.statements(dialect));
+            for statement in statements {
+                bind_all!(sqlx::query(&statement.text).persistent(keep), statement).execute(&mut *conn).await?;
+            }
         });
         Ok(())
     }
@@ -377,8 +447,14 @@ impl WriteTx {
         change: Change,
         extras: WriteExtras<'_>,
     ) -> Result<Written, StoreError> {
+        if self.derived.holds(ty.as_str(), id) {
+            // Written twice in one transaction: the first version's rows go in before they
+            // are replaced.
+            self.flush().await?;
+        }
         let position = self.changes;
         self.changes += 1;
+        let (history, derived) = (&mut self.history, &mut self.derived);
         let written = on_tx!(self.tx, |conn, dialect| {
             let current: Option<(i64, bool, Millis)> = sqlx::query_as(dialect.select_current_for_write)
                 .bind(ty.as_str())
@@ -428,25 +504,32 @@ impl WriteTx {
                 // A concurrent transaction created the resource after our read; run again.
                 return Err(StoreError::Contention);
             }
-            sqlx::query(sql::INSERT_HISTORY)
-                .bind(ty.as_str())
-                .bind(id)
-                .bind(new_version)
-                .bind(now)
-                .bind(method)
-                .bind(content.as_deref())
-                .execute(&mut *conn)
-                .await?;
-            let mut targets: Vec<&LocalReference> = Vec::new();
-            if content.is_some() {
-                targets = extras.references.iter().collect();
-                targets.sort_by(|a, b| (&a.resource_type, &a.id).cmp(&(&b.resource_type, &b.id)));
-                targets.dedup_by(|a, b| a.resource_type == b.resource_type && a.id == b.id);
+            let text = |s: &str| Bind::Text(s.to_owned());
+            let (ty_name, id_text) = (ty.as_str(), id.to_owned());
+            history.push(vec![
+                text(ty_name),
+                text(id),
+                Bind::Int(new_version),
+                Bind::Int(now),
+                text(method),
+                Bind::OptText(content.clone()),
+            ]);
+            if current.is_some() {
+                derived.replaced.push((ty_name.to_owned(), id_text.clone()));
             }
-            let derived = if content.is_some() { (extras.index, extras.consent) } else { (&[][..], &[][..]) };
-            // A resource that did not exist has no rows to remove.
-            for statement in search_sql::derived_rows(dialect, ty.as_str(), id, derived, &targets, current.is_some()) {
-                bind_all!(sqlx::query(&statement.text), statement).execute(&mut *conn).await?;
+            if content.is_some() {
+                let mut targets: Vec<(String, String)> =
+                    extras.references.iter().map(|r| (r.resource_type.clone(), r.id.clone())).collect();
+                targets.sort_unstable();
+                targets.dedup();
+                derived.index.push(((ty_name.to_owned(), id_text.clone()), extras.index.to_vec()));
+                derived.links.push(((ty_name.to_owned(), id_text), targets));
+            }
+            if ty_name == "Consent" {
+                let rules = if content.is_some() { extras.consent } else { &[] };
+                for statement in search_sql::consent_statements(dialect, id, rules, current.is_some()) {
+                    bind_all!(sqlx::query(&statement.text), statement).execute(&mut *conn).await?;
+                }
             }
             let version = Version {
                 resource_type: ty.as_str().to_owned(),
@@ -472,20 +555,20 @@ impl WriteTx {
     /// the position of the change (0 for the first) that broke it.
     #[tracing::instrument(skip_all)]
     pub async fn commit(mut self) -> Result<(), StoreError> {
-        self.verify().await?;
-        // The audit chain's head is locked from the append to the commit: appended last, the
-        // lock is held for a moment, not for the whole transaction, so concurrent writers
-        // do their work side by side and queue only here.
-        if let Some(index) = self.audit_index.take() {
-            let audits = std::mem::take(&mut self.audits);
-            match self.record_audits(audits, &*index).await {
-                Ok(()) => {}
-                Err(StoreError::Contention) => return Err(StoreError::Contention),
-                Err(e) => {
-                    tracing::error!(error = %e, db.code = e.code(), "writing the audit trail failed; refusing the write");
-                    return Err(StoreError::AuditUnavailable);
-                }
+        // AuditEvents go in before the checks, so that their index rows are written with the
+        // changes' own; the chain's head is locked only to link them, after the checks: held
+        // for a moment, not for the whole transaction, so concurrent writers do their work
+        // side by side and queue only there.
+        let staged = match self.audit_index.take() {
+            Some(index) => {
+                let audits = std::mem::take(&mut self.audits);
+                Some(self.stage_audits(audits, &*index).await.map_err(audit_failure)?)
             }
+            None => None,
+        };
+        self.verify().await?;
+        if let Some(staged) = staged {
+            self.link_audits(staged).await.map_err(audit_failure)?;
         }
         match self.tx {
             Tx::Sqlite(t) => t.commit().await?,
@@ -497,6 +580,7 @@ impl WriteTx {
     /// Checks referential integrity against the state so far (as `commit` does), without
     /// committing.
     pub async fn verify(&mut self) -> Result<(), StoreError> {
+        self.flush().await?;
         let checks = std::mem::take(&mut self.checks);
         on_tx!(self.tx, |conn, dialect| {
             // Each target once, in a fixed order, so that concurrent transactions take their
@@ -557,6 +641,17 @@ impl WriteTx {
         let value = result?;
         self.commit().await?;
         Ok(value)
+    }
+}
+
+/// A write whose AuditEvent cannot be stored is refused; a lost race is run again.
+fn audit_failure(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Contention => StoreError::Contention,
+        e => {
+            tracing::error!(error = %e, db.code = e.code(), "writing the audit trail failed; refusing the write");
+            StoreError::AuditUnavailable
+        }
     }
 }
 
