@@ -159,7 +159,10 @@ impl AppError {
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) | StoreError::Contention | StoreError::AuditUnavailable => Self::Unavailable(e),
+            StoreError::Unavailable(_)
+            | StoreError::Contention
+            | StoreError::AuditUnavailable
+            | StoreError::GroupFailed => Self::Unavailable(e),
             StoreError::VersionConflict => {
                 Self::PreconditionFailed("the resource has changed: its version is not the one in If-Match".into())
             }

@@ -12,6 +12,7 @@
 //! requests.
 
 mod audit;
+mod group;
 mod outbox;
 pub mod search_sql;
 mod sql;
@@ -69,6 +70,9 @@ pub enum StoreError {
     /// The audit trail could not record a request, so the request is refused (fail closed).
     #[error("the audit trail is unavailable")]
     AuditUnavailable,
+    /// The write was part of a group commit (SQLite) that failed.
+    #[error("the group of writes this one was committed with could not be committed")]
+    GroupFailed,
     #[error("database error")]
     Db(#[source] sqlx::Error),
     #[error("migration failed")]
@@ -224,7 +228,7 @@ macro_rules! bind_all {
 pub(crate) use bind_all;
 
 enum Db {
-    Sqlite { reader: SqlitePool, writer: SqlitePool },
+    Sqlite { reader: SqlitePool, writer: SqlitePool, lane: group::Lane },
     Postgres(PgPool),
 }
 
@@ -274,17 +278,22 @@ impl Store {
                 // FULL: a commit the client was told about survives power loss, not only a crash.
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(5));
+            // The writer keeps its statement journals in memory: every multi-row statement and
+            // every savepoint of a group commit journals the pages it changes, which in a temporary
+            // file cost a system call per page. They hold at most the pages one write changes.
+            // Readers keep the default, so that a large sort may still spill to disk.
             let writer = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(acquire)
-                .connect_with(options.clone())
+                .connect_with(options.clone().pragma("temp_store", "memory"))
                 .await?;
             let reader = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
                 .acquire_timeout(acquire)
                 .connect_with(options.read_only(true))
                 .await?;
-            Db::Sqlite { reader, writer }
+            let lane = group::Lane::new(writer.clone(), acquire);
+            Db::Sqlite { reader, writer, lane }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()

@@ -171,6 +171,13 @@ impl DerivedRows {
             || self.links.iter().any(|(key, _)| owns(key))
     }
 
+    /// Whether the batch holds rows (or a replacement) of a resource of type `ty`.
+    pub fn holds_type(&self, ty: &str) -> bool {
+        self.replaced.iter().any(|(t, _)| t == ty)
+            || self.index.iter().any(|((t, _), _)| t == ty)
+            || self.links.iter().any(|((t, _), _)| t == ty)
+    }
+
     /// The statements, deletes before inserts.
     pub fn statements(&self, dialect: &Dialect) -> Vec<Sql> {
         let mut out = Vec::new();
@@ -196,6 +203,23 @@ impl DerivedRows {
         out.extend(insert_rows(dialect, "resource_links", &columns, links));
         out
     }
+}
+
+/// Queries for which of `targets` (type, id) are live resources: one per [`INSERT_BATCH`]
+/// targets, each locking what it finds ([`Dialect::lock_shared`]) in one order, so that
+/// concurrent transactions take those locks in the same order.
+pub fn live_among(dialect: &Dialect, targets: &[(&str, &str)]) -> Vec<Sql> {
+    let mut out = Vec::new();
+    for chunk in targets.chunks(INSERT_BATCH) {
+        let mut sql = Sql::new(dialect);
+        sql.push("SELECT resource_type, id FROM resources WHERE NOT deleted AND (resource_type, id) IN (VALUES ");
+        for (i, (ty, id)) in chunk.iter().enumerate() {
+            sql.push(if i > 0 { ", (" } else { "(" }).text(*ty).push(", ").text(*id).push(")");
+        }
+        sql.push(&format!(") ORDER BY resource_type, id{}", dialect.lock_shared));
+        out.push(sql);
+    }
+    out
 }
 
 /// `DELETE` statements removing the rows of `table` owned by `owners` (type, id): one per

@@ -33,8 +33,6 @@ pub struct Dialect {
     /// Starts a read transaction that sees one snapshot throughout (SQLite's WAL readers do
     /// from their first read).
     pub begin_snapshot: &'static str,
-    /// Serialises conditional creates with the same condition (`$1`: a 64-bit key).
-    pub lock_condition: &'static str,
     /// Reads the current version for a write; on PostgreSQL it also locks the row, so that
     /// concurrent writers of one resource queue instead of racing.
     pub select_current_for_write: &'static str,
@@ -57,9 +55,9 @@ pub struct Dialect {
     pub json_array_close: &'static str,
     /// Reads the head of the audit chain; on PostgreSQL it also locks it until commit.
     pub lock_audit_head: &'static str,
-    /// Finds a live resource that a reference points at and keeps it from being deleted until
-    /// the referring write commits.
-    pub reference_exists: &'static str,
+    /// Ends a query for live resources that references point at: on PostgreSQL it keeps them
+    /// from being deleted until the referring write commits.
+    pub lock_shared: &'static str,
     /// Claims due subscription notifications for a worker (`$1` lease end, `$2` now, `$3` how
     /// many); on PostgreSQL the rows are locked and rows another replica is claiming skipped.
     pub claim_notifications: &'static str,
@@ -83,7 +81,6 @@ macro_rules! claim_notifications {
 pub const SQLITE: Dialect = Dialect {
     begin_write: "BEGIN IMMEDIATE",
     begin_snapshot: "BEGIN",
-    lock_condition: "SELECT $1",
     select_current_for_write: SELECT_CURRENT_VERSION,
     select_current_locked: SELECT_CURRENT,
     probe_filters: true,
@@ -91,7 +88,7 @@ pub const SQLITE: Dialect = Dialect {
     numbered_params: false,
     json_array_open: "json_array(",
     json_array_close: ")",
-    reference_exists: "SELECT version_id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted",
+    lock_shared: "",
     lock_audit_head: SELECT_AUDIT_HEAD,
     claim_notifications: claim_notifications!(""),
 };
@@ -100,7 +97,6 @@ pub const SQLITE: Dialect = Dialect {
 pub const POSTGRES: Dialect = Dialect {
     begin_write: "BEGIN",
     begin_snapshot: "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-    lock_condition: "SELECT pg_advisory_xact_lock($1)",
     select_current_for_write:
         "SELECT version_id, deleted, last_updated FROM resources WHERE resource_type = $1 AND id = $2 FOR UPDATE",
     select_current_locked: concat!(select_current!(), " FOR UPDATE"),
@@ -109,7 +105,7 @@ pub const POSTGRES: Dialect = Dialect {
     numbered_params: true,
     json_array_open: "json_build_array(",
     json_array_close: ")::text",
-    reference_exists: "SELECT version_id FROM resources WHERE resource_type = $1 AND id = $2 AND NOT deleted FOR SHARE",
+    lock_shared: " FOR SHARE",
     lock_audit_head: concat!(select_audit_head!(), " FOR UPDATE"),
     claim_notifications: claim_notifications!(" FOR UPDATE SKIP LOCKED"),
 };
@@ -132,6 +128,10 @@ pub const INSERT_CURRENT: &str =
 /// Compare-and-swap: replaces the current row only if it is still version `$7`.
 pub const UPDATE_CURRENT: &str = "UPDATE resources SET version_id = $3, last_updated = $4, deleted = $5, content = $6 \
      WHERE resource_type = $1 AND id = $2 AND version_id = $7";
+
+/// PostgreSQL: transaction-scoped advisory locks on `$1`, an array of 64-bit keys, taken one
+/// after the other in the array's order.
+pub const LOCK_KEYS: &str = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k";
 
 /// One resource, other than the target itself, that still references `$1/$2`.
 pub const SELECT_INBOUND_LINK: &str = "SELECT source_type, source_id FROM resource_links \

@@ -9,9 +9,12 @@
 //! of a Bundle may reference each other in any order, and a Bundle may delete a resource and
 //! drop the references to it in the same go.
 
-use serde_json::{Map, Value};
-use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
+use std::collections::HashMap;
 
+use serde_json::{Map, Value};
+use sqlx::{PgConnection, Postgres, SqliteConnection, Transaction};
+
+use super::group::Member;
 use super::outbox::Notification;
 use super::search_sql::{self, Bind, Compiler, DerivedRows};
 use super::sql::{self, Dialect, POSTGRES, SQLITE};
@@ -69,7 +72,8 @@ enum Check {
 }
 
 enum Tx {
-    Sqlite(Transaction<'static, Sqlite>),
+    /// SQLite's one writer, in a group commit.
+    Sqlite(Member),
     Postgres(Transaction<'static, Postgres>),
 }
 
@@ -86,6 +90,8 @@ pub struct WriteTx {
     /// [`WriteTx::flush`]).
     history: Vec<Vec<Bind>>,
     derived: DerivedRows,
+    /// The live Subscriptions watching each type, as this transaction read them.
+    subscriptions: HashMap<&'static str, Vec<(String, String)>>,
 }
 
 /// AuditEvents whose rows are in, waiting to be linked into the chain: id and stored JSON
@@ -103,8 +109,8 @@ pub type AuditIndex = std::sync::Arc<dyn Fn(&Value) -> Vec<IndexEntry> + Send + 
 macro_rules! on_tx {
     ($tx:expr, |$conn:ident, $dialect:ident| $body:expr) => {
         match &mut $tx {
-            Tx::Sqlite(t) => {
-                let $conn: &mut SqliteConnection = t;
+            Tx::Sqlite(member) => {
+                let $conn: &mut SqliteConnection = member.conn();
                 let $dialect: &Dialect = &SQLITE;
                 $body
             }
@@ -152,7 +158,7 @@ impl Store {
     /// Opens a write transaction. On SQLite it holds the one writer connection until it ends.
     pub async fn begin(&self) -> Result<WriteTx, StoreError> {
         let tx = match &self.db {
-            Db::Sqlite { writer, .. } => Tx::Sqlite(writer.begin_with(SQLITE.begin_write).await?),
+            Db::Sqlite { lane, .. } => Tx::Sqlite(lane.join().await?),
             Db::Postgres(pool) => Tx::Postgres(pool.begin_with(POSTGRES.begin_write).await?),
         };
         Ok(WriteTx {
@@ -163,6 +169,7 @@ impl Store {
             audit_index: None,
             history: Vec::new(),
             derived: DerivedRows::default(),
+            subscriptions: HashMap::new(),
         })
     }
 }
@@ -174,10 +181,9 @@ impl WriteTx {
     #[tracing::instrument(skip_all)]
     pub async fn find(&mut self, ty: ResourceType, filters: &[Filter], limit: i64) -> Result<Vec<String>, StoreError> {
         self.flush().await?;
+        self.lock_keys(vec![condition_key(ty, filters)]).await?;
         let clock = fhir::now_millis();
         let rows: Vec<(String,)> = on_tx!(self.tx, |conn, dialect| {
-            let key = condition_key(ty, filters);
-            sqlx::query(dialect.lock_condition).bind(key).execute(&mut *conn).await?;
             let sql = Compiler::new(dialect, clock).ids(ty.as_str(), filters, limit);
             bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(&mut *conn).await?
         });
@@ -241,12 +247,22 @@ impl WriteTx {
 
     /// The live Subscriptions (status requested or active) whose criteria search `ty`: id and
     /// content each.
+    /// Read once per type and transaction, unless the transaction writes a Subscription.
     pub async fn live_subscriptions(&mut self, ty: ResourceType) -> Result<Vec<(String, String)>, StoreError> {
+        if let Some(live) = self.subscriptions.get(ty.as_str()) {
+            return Ok(live.clone());
+        }
+        if self.derived.holds_type("Subscription") {
+            // The query reads their index rows.
+            self.flush().await?;
+        }
         let exact = ty.as_str().to_lowercase();
         let with_query = format!("{exact}?%");
-        Ok(on_tx!(self.tx, |conn, _dialect| {
+        let live: Vec<(String, String)> = on_tx!(self.tx, |conn, _dialect| {
             sqlx::query_as(sql::SELECT_LIVE_SUBSCRIPTIONS).bind(&exact).bind(&with_query).fetch_all(&mut *conn).await?
-        }))
+        });
+        self.subscriptions.insert(ty.as_str(), live.clone());
+        Ok(live)
     }
 
     /// Drops the queued notifications of a subscription that this transaction changes: they
@@ -288,11 +304,17 @@ impl WriteTx {
         let mut keys: Vec<i64> = resources.map(|(ty, id)| lock_key(&format!("{ty}/{id}"))).collect();
         keys.sort_unstable();
         keys.dedup();
-        on_tx!(self.tx, |conn, dialect| {
-            for key in keys {
-                sqlx::query(dialect.lock_condition).bind(key).execute(&mut *conn).await?;
-            }
-        });
+        self.lock_keys(keys).await
+    }
+
+    /// Takes advisory locks on `keys` until the transaction ends, in their order: conditional
+    /// interactions with the same condition, and transactions writing the same resources,
+    /// serialise across connections and replicas. SQLite's one writer serialises every write
+    /// and needs none.
+    async fn lock_keys(&mut self, keys: Vec<i64>) -> Result<(), StoreError> {
+        if let Tx::Postgres(t) = &mut self.tx {
+            sqlx::query(sql::LOCK_KEYS).bind(keys).execute(&mut **t).await?;
+        }
         Ok(())
     }
 
@@ -455,12 +477,22 @@ impl WriteTx {
         let position = self.changes;
         self.changes += 1;
         let (history, derived) = (&mut self.history, &mut self.derived);
+        if ty.as_str() == "Subscription" {
+            self.subscriptions.clear();
+        }
+        let creates = matches!(change, Change::Create(_));
         let written = on_tx!(self.tx, |conn, dialect| {
-            let current: Option<(i64, bool, Millis)> = sqlx::query_as(dialect.select_current_for_write)
-                .bind(ty.as_str())
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?;
+            // A create's id is new (server-assigned and time-ordered): there is nothing to read,
+            // and the insert below would refuse a duplicate.
+            let current: Option<(i64, bool, Millis)> = if creates {
+                None
+            } else {
+                sqlx::query_as(dialect.select_current_for_write)
+                    .bind(ty.as_str())
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await?
+            };
             let live = current.filter(|c| !c.1);
             let holds = |expect: Expect| match expect {
                 Expect::Any => true,
@@ -501,8 +533,9 @@ impl WriteTx {
             .execute(&mut *conn)
             .await?;
             if replaced.rows_affected() != 1 {
-                // A concurrent transaction created the resource after our read; run again.
-                return Err(StoreError::Contention);
+                // A concurrent transaction created the resource after our read (run again), or
+                // a create's id is taken.
+                return Err(if creates { StoreError::Duplicate } else { StoreError::Contention });
             }
             let text = |s: &str| Bind::Text(s.to_owned());
             let (ty_name, id_text) = (ty.as_str(), id.to_owned());
@@ -571,10 +604,21 @@ impl WriteTx {
             self.link_audits(staged).await.map_err(audit_failure)?;
         }
         match self.tx {
-            Tx::Sqlite(t) => t.commit().await?,
+            Tx::Sqlite(member) => member.end(true).await?,
             Tx::Postgres(t) => t.commit().await?,
         }
         Ok(())
+    }
+
+    /// Undoes the transaction. On PostgreSQL the rollback is sent with the connection's next
+    /// use; on SQLite the writer goes to the next write at once.
+    pub async fn rollback(self) {
+        match self.tx {
+            Tx::Sqlite(member) => {
+                let _ = member.end(false).await;
+            }
+            Tx::Postgres(t) => drop(t),
+        }
     }
 
     /// Checks referential integrity against the state so far (as `commit` does), without
@@ -583,8 +627,6 @@ impl WriteTx {
         self.flush().await?;
         let checks = std::mem::take(&mut self.checks);
         on_tx!(self.tx, |conn, dialect| {
-            // Each target once, in a fixed order, so that concurrent transactions take their
-            // share locks in the same order.
             let mut targets: Vec<(&str, &str)> = checks
                 .iter()
                 .flat_map(|(_, c)| match c {
@@ -594,17 +636,16 @@ impl WriteTx {
                 .collect();
             targets.sort_unstable();
             targets.dedup();
-            let mut missing = Vec::new();
-            for target in targets {
-                let found: Option<(i64,)> = sqlx::query_as(dialect.reference_exists)
-                    .bind(target.0)
-                    .bind(target.1)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                if found.is_none() {
-                    missing.push(target);
-                }
+            let mut live: Vec<(String, String)> = Vec::new();
+            for statement in search_sql::live_among(dialect, &targets) {
+                live.extend(
+                    bind_all!(sqlx::query_as(&statement.text).persistent(false), statement)
+                        .fetch_all(&mut *conn)
+                        .await?,
+                );
             }
+            let missing: Vec<(&str, &str)> =
+                targets.into_iter().filter(|(ty, id)| !live.iter().any(|(t, i)| t == ty && i == id)).collect();
             for (position, check) in &checks {
                 match check {
                     Check::Resolves(refs) => {
@@ -638,9 +679,16 @@ impl WriteTx {
 
     /// Commits when `result` is a success and hands it back; rolls back otherwise.
     pub async fn finish<T, E: From<StoreError>>(self, result: Result<T, E>) -> Result<T, E> {
-        let value = result?;
-        self.commit().await?;
-        Ok(value)
+        match result {
+            Ok(value) => {
+                self.commit().await?;
+                Ok(value)
+            }
+            Err(e) => {
+                self.rollback().await;
+                Err(e)
+            }
+        }
     }
 }
 

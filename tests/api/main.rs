@@ -107,6 +107,8 @@ fn main() {
         concurrency::concurrent_if_match_writers_exactly_one_wins,
         concurrency::concurrent_updates_lose_nothing,
         concurrency::concurrent_conditional_creates_make_one_resource,
+        concurrency::concurrent_writes_that_fail_leave_the_others_whole,
+        concurrency::cancelled_writes_leave_nothing_half_done,
         examples::official_examples_round_trip,
         patch::json_patch_changes_one_field_and_reindexes,
         patch::failing_patches_change_nothing,
