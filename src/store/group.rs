@@ -56,6 +56,9 @@ struct Open {
 pub struct Member {
     slot: Option<OwnedMutexGuard<Slot>>,
     waiting: Arc<AtomicUsize>,
+    /// Whether it runs in a savepoint. The member that opens a group needs none: nothing is
+    /// in the transaction before it, so undoing it is undoing the transaction.
+    savepoint: bool,
 }
 
 /// Counts a write as waiting until it has the slot, or gives up.
@@ -101,27 +104,31 @@ impl Lane {
     }
 }
 
-/// Opens a group unless one is open, and a savepoint in it for a new member.
+/// Opens a group for a new member, or a savepoint for it in the group that is open.
 async fn enter(
     mut slot: OwnedMutexGuard<Slot>,
     writer: SqlitePool,
     waiting: Arc<AtomicUsize>,
 ) -> Result<Member, StoreError> {
-    if slot.open.is_none() {
-        let tx = writer.begin_with(SQLITE.begin_write).await?;
-        slot.open = Some(Open { tx, members: 0, waiters: Vec::new() });
+    let savepoint = slot.open.is_some();
+    match slot.open.as_mut() {
+        None => {
+            let tx = writer.begin_with(SQLITE.begin_write).await?;
+            slot.open = Some(Open { tx, members: 1, waiters: Vec::new() });
+        }
+        Some(open) => {
+            if let Err(e) = sqlx::query("SAVEPOINT member").execute(&mut *open.tx).await {
+                abandon(&mut slot);
+                return Err(e.into());
+            }
+            open.members += 1;
+        }
     }
-    let open = slot.open.as_mut().expect("opened above");
-    if let Err(e) = sqlx::query("SAVEPOINT member").execute(&mut *open.tx).await {
-        abandon(&mut slot);
-        return Err(e.into());
-    }
-    open.members += 1;
-    Ok(Member { slot: Some(slot), waiting })
+    Ok(Member { slot: Some(slot), waiting, savepoint })
 }
 
 impl Member {
-    /// The writer connection, inside this member's savepoint.
+    /// The writer connection, inside this member's transaction or savepoint.
     pub fn conn(&mut self) -> &mut SqliteConnection {
         let open = self.slot.as_mut().and_then(|s| s.open.as_mut()).expect("a member holds an open group");
         &mut open.tx
@@ -132,7 +139,8 @@ impl Member {
     /// its own, so that a cancelled request cannot cut a release or a group's commit short.
     pub async fn end(mut self, keep: bool) -> Result<(), StoreError> {
         let slot = self.slot.take().expect("a member ends once");
-        tokio::spawn(finish(slot, self.waiting.clone(), keep)).await.unwrap_or(Err(StoreError::GroupFailed))
+        let ending = tokio::spawn(finish(slot, self.waiting.clone(), keep, self.savepoint));
+        ending.await.unwrap_or(Err(StoreError::GroupFailed))
     }
 }
 
@@ -143,9 +151,9 @@ impl Drop for Member {
         // changes are undone and the group goes on, on a task of its own.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                let waiting = self.waiting.clone();
+                let (waiting, savepoint) = (self.waiting.clone(), self.savepoint);
                 runtime.spawn(async move {
-                    let _ = finish(slot, waiting, false).await;
+                    let _ = finish(slot, waiting, false, savepoint).await;
                 });
             }
             Err(_) => abandon(&mut slot),
@@ -155,15 +163,26 @@ impl Drop for Member {
 
 /// Releases or rolls back the member's savepoint, then hands the group on to the next write
 /// that waits, or commits it.
-async fn finish(mut slot: OwnedMutexGuard<Slot>, waiting: Arc<AtomicUsize>, keep: bool) -> Result<(), StoreError> {
+async fn finish(
+    mut slot: OwnedMutexGuard<Slot>,
+    waiting: Arc<AtomicUsize>,
+    keep: bool,
+    savepoint: bool,
+) -> Result<(), StoreError> {
     let Some(open) = slot.open.as_mut() else { return Err(StoreError::GroupFailed) };
-    let ended = if keep {
-        sqlx::query("RELEASE member").execute(&mut *open.tx).await
-    } else {
-        match sqlx::query("ROLLBACK TO member").execute(&mut *open.tx).await {
+    if !keep && !savepoint {
+        // The member opened the group and nothing else is in it: the transaction rolls back
+        // as it drops.
+        slot.open = None;
+        return Ok(());
+    }
+    let ended = match (keep, savepoint) {
+        (true, false) => Ok(Default::default()),
+        (true, true) => sqlx::query("RELEASE member").execute(&mut *open.tx).await,
+        (false, _) => match sqlx::query("ROLLBACK TO member").execute(&mut *open.tx).await {
             Ok(_) => sqlx::query("RELEASE member").execute(&mut *open.tx).await,
             Err(e) => Err(e),
-        }
+        },
     };
     if let Err(e) = ended {
         // SQLite rolls back the whole transaction on some errors (a full disk, an I/O error):

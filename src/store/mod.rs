@@ -7,9 +7,9 @@
 //!
 //! Concurrency: a write replaces the current row only if its version is still the one read in
 //! the same transaction (compare-and-swap), so concurrent writers never lose an update. SQLite
-//! writes go through a single connection (SQLite has one writer anyway); PostgreSQL row locks and
-//! advisory locks make the same guarantees across replicas. Nothing is kept in memory between
-//! requests.
+//! writes go through a single connection (SQLite has one writer anyway), committed in groups
+//! (see `group`); PostgreSQL row locks and advisory locks make the same guarantees across
+//! replicas. Nothing is kept in memory between requests.
 
 mod audit;
 mod group;
