@@ -638,11 +638,7 @@ impl WriteTx {
             targets.dedup();
             let mut live: Vec<(String, String)> = Vec::new();
             for statement in search_sql::live_among(dialect, &targets) {
-                live.extend(
-                    bind_all!(sqlx::query_as(&statement.text).persistent(false), statement)
-                        .fetch_all(&mut *conn)
-                        .await?,
-                );
+                live.extend(bind_all!(sqlx::query_as(&statement.text), statement).fetch_all(&mut *conn).await?);
             }
             let missing: Vec<(&str, &str)> =
                 targets.into_iter().filter(|(ty, id)| !live.iter().any(|(t, i)| t == ty && i == id)).collect();
