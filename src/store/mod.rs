@@ -648,14 +648,7 @@ impl Store {
                     let resource: Value =
                         v.content.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or(Value::Null);
                     let derived = derive(&v.resource_type, &resource);
-                    let mut targets: Vec<(String, String)> =
-                        derived.references.iter().map(|r| (r.resource_type.clone(), r.id.clone())).collect();
-                    targets.sort_unstable();
-                    targets.dedup();
-                    let owner = (v.resource_type.clone(), v.id.clone());
-                    rows.replaced.push(owner.clone());
-                    rows.index.push((owner.clone(), derived.index));
-                    rows.links.push((owner, targets));
+                    rows.add(&v.resource_type, &v.id, true, Some((derived.index, &derived.references)));
                     if v.resource_type == "Consent" {
                         for statement in search_sql::consent_statements(dialect, &v.id, &derived.consent, true) {
                             bind_all!(sqlx::query(&statement.text), statement).execute(&mut *tx).await?;

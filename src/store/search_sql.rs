@@ -12,6 +12,7 @@ use crate::auth::consent::{Asking, ConsentRule};
 use crate::fhir::search::index::{normalize, IndexEntry, IndexValue};
 use crate::fhir::search::query::{Filter, Modifier, Prefix, SearchValue, SortKey, SystemMatch};
 use crate::fhir::search::ParamKind;
+use crate::fhir::validate::LocalReference;
 use crate::fhir::Millis;
 
 /// A bound value.
@@ -163,19 +164,27 @@ impl DerivedRows {
         self.replaced.is_empty() && self.index.is_empty() && self.links.is_empty()
     }
 
-    /// Whether the batch holds rows (or a replacement) of resource `ty/id`.
-    pub fn holds(&self, ty: &str, id: &str) -> bool {
-        let owns = |(t, i): &Key| t == ty && i == id;
-        self.replaced.iter().any(owns)
-            || self.index.iter().any(|(key, _)| owns(key))
-            || self.links.iter().any(|(key, _)| owns(key))
+    /// Adds the rows of resource `ty/id`: its earlier rows go when `replace`, and `content`
+    /// (its index entries and local references) gives the new ones, none for a deletion.
+    pub fn add(&mut self, ty: &str, id: &str, replace: bool, content: Option<(Vec<IndexEntry>, &[LocalReference])>) {
+        let key = (ty.to_owned(), id.to_owned());
+        if replace {
+            self.replaced.push(key.clone());
+        }
+        if let Some((index, references)) = content {
+            let mut targets: Vec<Key> = references.iter().map(|r| (r.resource_type.clone(), r.id.clone())).collect();
+            targets.sort_unstable();
+            targets.dedup();
+            self.index.push((key.clone(), index));
+            self.links.push((key, targets));
+        }
     }
 
-    /// Whether the batch holds rows (or a replacement) of a resource of type `ty`.
-    pub fn holds_type(&self, ty: &str) -> bool {
-        self.replaced.iter().any(|(t, _)| t == ty)
-            || self.index.iter().any(|((t, _), _)| t == ty)
-            || self.links.iter().any(|((t, _), _)| t == ty)
+    /// Whether the batch holds rows (or a replacement) of a resource that `owns` picks.
+    pub fn holds(&self, owns: impl Fn(&Key) -> bool) -> bool {
+        self.replaced.iter().any(&owns)
+            || self.index.iter().any(|(key, _)| owns(key))
+            || self.links.iter().any(|(key, _)| owns(key))
     }
 
     /// The statements, deletes before inserts.

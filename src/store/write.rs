@@ -252,7 +252,7 @@ impl WriteTx {
         if let Some(live) = self.subscriptions.get(ty.as_str()) {
             return Ok(live.clone());
         }
-        if self.derived.holds_type("Subscription") {
+        if self.derived.holds(|(t, _)| t == "Subscription") {
             // The query reads their index rows.
             self.flush().await?;
         }
@@ -469,17 +469,17 @@ impl WriteTx {
         change: Change,
         extras: WriteExtras<'_>,
     ) -> Result<Written, StoreError> {
-        if self.derived.holds(ty.as_str(), id) {
+        if self.derived.holds(|(t, i)| t == ty.as_str() && i == id) {
             // Written twice in one transaction: the first version's rows go in before they
             // are replaced.
             self.flush().await?;
         }
         let position = self.changes;
         self.changes += 1;
-        let (history, derived) = (&mut self.history, &mut self.derived);
         if ty.as_str() == "Subscription" {
             self.subscriptions.clear();
         }
+        let (history, derived) = (&mut self.history, &mut self.derived);
         let creates = matches!(change, Change::Create(_));
         let written = on_tx!(self.tx, |conn, dialect| {
             // A create's id is new (server-assigned and time-ordered): there is nothing to read,
@@ -538,7 +538,7 @@ impl WriteTx {
                 return Err(if creates { StoreError::Duplicate } else { StoreError::Contention });
             }
             let text = |s: &str| Bind::Text(s.to_owned());
-            let (ty_name, id_text) = (ty.as_str(), id.to_owned());
+            let ty_name = ty.as_str();
             history.push(vec![
                 text(ty_name),
                 text(id),
@@ -547,17 +547,8 @@ impl WriteTx {
                 text(method),
                 Bind::OptText(content.clone()),
             ]);
-            if current.is_some() {
-                derived.replaced.push((ty_name.to_owned(), id_text.clone()));
-            }
-            if content.is_some() {
-                let mut targets: Vec<(String, String)> =
-                    extras.references.iter().map(|r| (r.resource_type.clone(), r.id.clone())).collect();
-                targets.sort_unstable();
-                targets.dedup();
-                derived.index.push(((ty_name.to_owned(), id_text.clone()), extras.index.to_vec()));
-                derived.links.push(((ty_name.to_owned(), id_text), targets));
-            }
+            let new_rows = content.as_ref().map(|_| (extras.index.to_vec(), extras.references));
+            derived.add(ty_name, id, current.is_some(), new_rows);
             if ty_name == "Consent" {
                 let rules = if content.is_some() { extras.consent } else { &[] };
                 for statement in search_sql::consent_statements(dialect, id, rules, current.is_some()) {
