@@ -259,7 +259,8 @@ impl AuditLog {
     /// Starts the writer task on the current runtime.
     pub fn start(store: Arc<Store>, registry: Arc<Registry>, base_url: String) -> Self {
         let (queue, pending) = mpsc::channel(4 * BATCH);
-        tokio::spawn(writer(pending, store, registry.clone(), base_url.clone()));
+        tokio::spawn(writer(pending, store.clone(), registry.clone(), base_url.clone()));
+        tokio::spawn(linker(store));
         Self { queue, registry, base_url }
     }
 
@@ -328,6 +329,24 @@ async fn writer(mut pending: mpsc::Receiver<Pending>, store: Arc<Store>, registr
                 let _ = done.send(ok);
             }
         });
+    }
+}
+
+/// How often the linker looks for AuditEvents that no write woke it for: those of other
+/// replicas, of an earlier run, or of a pass that failed.
+const SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Links the AuditEvents that writes queue into the hash chain ([`Store::link_audits`]).
+async fn linker(store: Arc<Store>) {
+    loop {
+        tokio::select! {
+            () = store.audits_queued() => {}
+            () = tokio::time::sleep(SWEEP) => {}
+        }
+        if let Err(e) = store.link_audits(BATCH as i64).await {
+            tracing::error!(error = %e, db.code = e.code(), "linking AuditEvents into the chain failed");
+            tokio::time::sleep(SWEEP).await;
+        }
     }
 }
 

@@ -24,6 +24,7 @@ pub use write::{AuditIndex, Change, Contended, Expect, WriteTx, Written, WRITE_A
 
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -255,6 +256,9 @@ pub(crate) use on_db;
 /// The resource store.
 pub struct Store {
     db: Db,
+    /// Wakes this process's audit chain linker when a write has queued AuditEvents (a local
+    /// nudge: the queue itself is in the database, and any replica's linker empties it).
+    linker: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Store {
@@ -305,7 +309,7 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl);
         };
-        Ok(Self { db })
+        Ok(Self { db, linker: Arc::default() })
     }
 
     /// Applies the engine's migrations (idempotent; PostgreSQL serialises concurrent replicas).

@@ -24,6 +24,16 @@ pub const SELECT_AUDIT_LINKS: &str = "SELECT c.seq, c.id, c.prev_hash, c.hash, r
      LEFT JOIN resources r ON r.resource_type = 'AuditEvent' AND r.id = c.id \
      WHERE c.seq >= $1 ORDER BY c.seq LIMIT $2";
 
+/// AuditEvents waiting to be linked into the chain, oldest id first, with their recorded time
+/// and stored JSON.
+pub const SELECT_UNLINKED: &str = "SELECT u.id, r.last_updated, r.content FROM audit_unlinked u \
+     JOIN resources r ON r.resource_type = 'AuditEvent' AND r.id = u.id ORDER BY u.id LIMIT $1";
+
+/// Takes off the linker's queue what the links after `$1` cover.
+pub const DELETE_LINKED: &str = "DELETE FROM audit_unlinked WHERE id IN (SELECT id FROM audit_chain WHERE seq > $1)";
+
+pub const COUNT_UNLINKED: &str = "SELECT COUNT(*) FROM audit_unlinked";
+
 pub const COUNT_AUDIT_EVENTS: &str = "SELECT COUNT(*) FROM resources WHERE resource_type = 'AuditEvent'";
 
 /// What differs between SQLite and PostgreSQL.

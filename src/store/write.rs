@@ -10,9 +10,11 @@
 //! drop the references to it in the same go.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use sqlx::{PgConnection, Postgres, SqliteConnection, Transaction};
+use tokio::sync::Notify;
 
 use super::group::Member;
 use super::outbox::Notification;
@@ -92,13 +94,9 @@ pub struct WriteTx {
     derived: DerivedRows,
     /// The live Subscriptions watching each type, as this transaction read them.
     subscriptions: HashMap<&'static str, Vec<(String, String)>>,
-}
-
-/// AuditEvents whose rows are in, waiting to be linked into the chain: id and stored JSON
-/// each, and the last one's recorded time.
-struct StagedAudits {
-    stored: Vec<(String, String)>,
-    last_recorded: Millis,
+    /// Whether AuditEvents were queued for the chain's linker, and how to wake it.
+    staged_audits: bool,
+    linker: Arc<Notify>,
 }
 
 /// The index entries of an AuditEvent.
@@ -170,7 +168,29 @@ impl Store {
             history: Vec::new(),
             derived: DerivedRows::default(),
             subscriptions: HashMap::new(),
+            staged_audits: false,
+            linker: self.linker.clone(),
         })
+    }
+
+    /// Links AuditEvents that wait for it into the hash chain, in passes of up to `batch`, until
+    /// none waits; says how many it linked.
+    pub async fn link_audits(&self, batch: i64) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let mut tx = self.begin().await?;
+            let linked = tx.link_audits(batch).await;
+            let linked = tx.finish(linked).await?;
+            total += linked;
+            if linked < usize::try_from(batch).unwrap_or(usize::MAX) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Resolves when a write has queued AuditEvents for the linker since it last resolved.
+    pub async fn audits_queued(&self) {
+        self.linker.notified().await;
     }
 }
 
@@ -350,83 +370,94 @@ impl WriteTx {
     }
 
     /// Appends AuditEvents (`(id, resource)` each) to the audit trail: their rows, their index
-    /// rows (`index` of the final content; no history: an AuditEvent has one version), and a
-    /// link of the hash chain each, all in a handful of multi-row statements. Call it last.
+    /// rows (`index` of the final content; no history: an AuditEvent has one version), and an
+    /// entry each in the queue of the chain's linker, all in a handful of multi-row statements.
     pub async fn record_audits(
         &mut self,
         events: Vec<(String, Map<String, Value>)>,
         index: &(dyn Fn(&Value) -> Vec<IndexEntry> + Sync),
     ) -> Result<(), StoreError> {
-        let staged = self.stage_audits(events, index).await?;
-        self.flush().await?;
-        self.link_audits(staged).await
+        self.stage_audits(events, index).await?;
+        self.flush().await
     }
 
-    /// Inserts the rows of AuditEvents and defers their index rows (see [`Self::flush`]), with
-    /// recorded times from [`super::audit::recorded_times`]. [`Self::link_audits`] links them
-    /// into the chain.
+    /// Inserts the rows of AuditEvents, with recorded times from
+    /// [`super::audit::recorded_times`], and queues them for the chain's linker
+    /// ([`Store::link_audits`]); defers their index rows (see [`Self::flush`]).
     #[tracing::instrument(skip_all)]
     async fn stage_audits(
         &mut self,
         events: Vec<(String, Map<String, Value>)>,
         index: &(dyn Fn(&Value) -> Vec<IndexEntry> + Sync),
-    ) -> Result<StagedAudits, StoreError> {
+    ) -> Result<(), StoreError> {
         const TYPE: &str = "AuditEvent";
-        let mut staged = StagedAudits { stored: Vec::new(), last_recorded: 0 };
         if events.is_empty() {
-            return Ok(staged);
+            return Ok(());
         }
-        let mut rows = Vec::new();
+        let (mut rows, mut queued) = (Vec::new(), Vec::new());
         let first = super::audit::recorded_times(events.len());
         for (now, (id, mut resource)) in (first..).zip(events) {
             resource.insert("recorded".into(), Value::from(fhir::format_instant(now)));
             fhir::stamp(&mut resource, &id, 1, now);
             let value = Value::Object(resource);
             self.derived.index.push(((TYPE.to_owned(), id.clone()), index(&value)));
-            let content = value.to_string();
             let text = |s: &str| Bind::Text(s.to_owned());
-            rows.push(vec![text(TYPE), text(&id), Bind::Int(1), Bind::Int(now), Bind::Bool(false), text(&content)]);
-            staged.stored.push((id, content));
-            staged.last_recorded = now;
+            rows.push(vec![
+                text(TYPE),
+                text(&id),
+                Bind::Int(1),
+                Bind::Int(now),
+                Bind::Bool(false),
+                text(&value.to_string()),
+            ]);
+            queued.push(vec![Bind::Text(id)]);
         }
+        self.staged_audits = true;
         on_tx!(self.tx, |conn, dialect| {
             let columns = ["resource_type", "id", "version_id", "last_updated", "deleted", "content"];
-            for statement in search_sql::insert_rows(dialect, "resources", &columns, rows) {
+            let mut statements = search_sql::insert_rows(dialect, "resources", &columns, rows);
+            statements.extend(search_sql::insert_rows(dialect, "audit_unlinked", &["id"], queued));
+            for statement in statements {
                 bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;
             }
         });
-        Ok(staged)
+        Ok(())
     }
 
-    /// Links staged AuditEvents into the hash chain. The chain's head is locked here, after
-    /// their rows went in, until the transaction ends: concurrent appends insert side by side
-    /// and queue only for the links.
+    /// Links up to `limit` AuditEvents that wait for it into the hash chain, oldest id first,
+    /// and says how many. The chain's head stays locked until the transaction ends, so linkers
+    /// of several replicas take turns.
     #[tracing::instrument(skip_all)]
-    async fn link_audits(&mut self, staged: StagedAudits) -> Result<(), StoreError> {
-        if staged.stored.is_empty() {
-            return Ok(());
-        }
-        on_tx!(self.tx, |conn, dialect| {
+    async fn link_audits(&mut self, limit: i64) -> Result<usize, StoreError> {
+        let linked = on_tx!(self.tx, |conn, dialect| {
             let (mut seq, mut prev, head_recorded): (i64, String, Millis) =
                 sqlx::query_as(dialect.lock_audit_head).fetch_one(&mut *conn).await?;
-            // Later batches of this process start after the head (another replica's, or before a
-            // restart or a clock step).
+            // Later records of this process are dated after the head (another replica's, or
+            // before a restart or a clock step).
             super::audit::recorded_after(head_recorded);
-            let mut links = Vec::new();
-            for (id, content) in &staged.stored {
+            let waiting: Vec<(String, Millis, String)> =
+                sqlx::query_as(sql::SELECT_UNLINKED).bind(limit).fetch_all(&mut *conn).await?;
+            if waiting.is_empty() {
+                return Ok(0);
+            }
+            let (first, mut recorded) = (seq, head_recorded);
+            let mut links = Vec::with_capacity(waiting.len());
+            for (id, last_updated, content) in &waiting {
                 seq += 1;
                 let hash = super::audit::link_hash(&prev, seq, id, content);
                 links.push(vec![Bind::Int(seq), Bind::Text(id.clone()), Bind::Text(prev), Bind::Text(hash.clone())]);
                 prev = hash;
+                recorded = recorded.max(*last_updated);
             }
             for statement in search_sql::insert_rows(dialect, "audit_chain", &["seq", "id", "prev_hash", "hash"], links)
             {
                 bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;
             }
-            let recorded = head_recorded.max(staged.last_recorded);
+            sqlx::query(sql::DELETE_LINKED).bind(first).execute(&mut *conn).await?;
             sqlx::query(sql::UPDATE_AUDIT_HEAD).bind(seq).bind(&prev).bind(recorded).execute(&mut *conn).await?;
+            waiting.len()
         });
-        Ok(())
+        Ok(linked)
     }
 
     /// Writes the rows that the changes so far deferred: their history rows, and their index
@@ -580,23 +611,19 @@ impl WriteTx {
     #[tracing::instrument(skip_all)]
     pub async fn commit(mut self) -> Result<(), StoreError> {
         // AuditEvents go in before the checks, so that their index rows are written with the
-        // changes' own; the chain's head is locked only to link them, after the checks: held
-        // for a moment, not for the whole transaction, so concurrent writers do their work
-        // side by side and queue only there.
-        let staged = match self.audit_index.take() {
-            Some(index) => {
-                let audits = std::mem::take(&mut self.audits);
-                Some(self.stage_audits(audits, &*index).await.map_err(audit_failure)?)
-            }
-            None => None,
-        };
-        self.verify().await?;
-        if let Some(staged) = staged {
-            self.link_audits(staged).await.map_err(audit_failure)?;
+        // changes' own. They are linked into the chain after the commit, by the linker: the
+        // chain's head is never locked by a write, so concurrent writers commit side by side.
+        if let Some(index) = self.audit_index.take() {
+            let audits = std::mem::take(&mut self.audits);
+            self.stage_audits(audits, &*index).await.map_err(audit_failure)?;
         }
+        self.verify().await?;
         match self.tx {
             Tx::Sqlite(member) => member.end(true).await?,
             Tx::Postgres(t) => t.commit().await?,
+        }
+        if self.staged_audits {
+            self.linker.notify_one();
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! The audit trail: an AuditEvent for every interaction (reads, searches, failures and denials
 //! included), searchable only with an audit scope, never writable through the API, written in
-//! the same transaction as the write it records, failing closed, and a hash chain that
-//! `verify-audit` checks.
+//! the same transaction as the write it records, failing closed, and a hash chain that the
+//! linker extends after the commits and `verify-audit` checks.
 
 use axum::http::Method;
 use base64::Engine;
@@ -147,18 +147,40 @@ pub async fn audit_needs_its_own_scope_and_records_denials(app: TestApp) {
 
 pub async fn audit_failure_fails_the_request(app: TestApp) {
     let pid = app.create(fixtures::patient()).await["id"].as_str().unwrap().to_owned();
-    // A row in the way of the chain's next link: every append fails (a storage fault).
-    let blocker =
-        "INSERT INTO audit_chain (seq, id, prev_hash, hash) SELECT seq + 1, 'blocker', 'x', 'x' FROM audit_head";
-    app.execute_sql(&[blocker]).await;
+    // The linker's queue gone (a storage fault): no AuditEvent can be stored.
+    app.execute_sql(&["ALTER TABLE audit_unlinked RENAME TO audit_unlinked_away"]).await;
     let r = app.post("CarePlan", &fixtures::care_plan(&pid)).await;
     r.expect(503);
     app.get(&format!("Patient/{pid}")).await.expect(503);
-    app.execute_sql(&["DELETE FROM audit_chain WHERE id = 'blocker'"]).await;
+    app.execute_sql(&["ALTER TABLE audit_unlinked_away RENAME TO audit_unlinked"]).await;
     // Nothing of the write that could not be audited was stored, and the chain holds.
     let plans = app.get("CarePlan").await;
     assert_eq!(plans.json["total"], 0, "{}", plans.text);
     assert_eq!(verify(&app).await.broken, None);
+}
+
+/// Writes never wait for the chain's head: when the chain cannot take links, requests are
+/// still answered, and their records are linked, none lost, once it can again.
+pub async fn a_blocked_chain_delays_links_and_loses_no_record(app: TestApp) {
+    let pid = app.create(fixtures::patient()).await["id"].as_str().unwrap().to_owned();
+    let before = verify(&app).await;
+    assert_eq!(before.broken, None);
+    // A row in the way of the chain's next link: every link fails.
+    let blocker =
+        "INSERT INTO audit_chain (seq, id, prev_hash, hash) SELECT seq + 1, 'blocker', 'x', 'x' FROM audit_head";
+    app.execute_sql(&[blocker]).await;
+    for _ in 0..3 {
+        app.get(&format!("Patient/{pid}")).await.expect(200);
+    }
+    app.post("CarePlan", &fixtures::care_plan(&pid)).await.expect(201);
+    let blocked = verify(&app).await;
+    assert_eq!(blocked.broken.map(|b| b.seq), Some(before.verified as i64 + 1), "the walk stops at the blocker");
+    app.execute_sql(&["DELETE FROM audit_chain WHERE id = 'blocker'"]).await;
+    let after = verify(&app).await;
+    assert_eq!(after.broken, None, "{after:?}");
+    assert_eq!(after.verified, before.verified + 4, "three reads and a create, each linked once");
+    let reads = app.get("AuditEvent?action=R&_count=100").await;
+    assert_eq!(events(&reads.json).len(), 3, "{}", reads.text);
 }
 
 pub async fn tampering_breaks_the_chain(app: TestApp) {
@@ -195,6 +217,7 @@ pub async fn removing_records_breaks_the_chain(app: TestApp) {
     for _ in 0..3 {
         app.get(&format!("Patient/{pid}")).await.expect(200);
     }
+    assert_eq!(verify(&app).await.verified, 4, "every record is linked");
     // Remove the second record and its link.
     app.execute_sql(&[
         "DELETE FROM resources WHERE resource_type = 'AuditEvent' AND id = (SELECT id FROM audit_chain WHERE seq = 2)",
@@ -207,6 +230,7 @@ pub async fn removing_records_breaks_the_chain(app: TestApp) {
     let other = TestApp::connect(app.backend, &fresh_database(&app).await).await;
     other.get("metadata").await.expect(200);
     other.get("metadata").await.expect(200);
+    assert_eq!(verify(&other).await.verified, 2, "every record is linked");
     other
         .execute_sql(&[
             "DELETE FROM resources WHERE resource_type = 'AuditEvent' AND id = (SELECT id FROM audit_chain WHERE seq = 2)",

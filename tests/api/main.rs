@@ -148,6 +148,7 @@ fn main() {
         audit::bundles_record_each_write_in_their_transaction,
         audit::audit_needs_its_own_scope_and_records_denials,
         audit::audit_failure_fails_the_request,
+        audit::a_blocked_chain_delays_links_and_loses_no_record,
         audit::tampering_breaks_the_chain,
         audit::removing_records_breaks_the_chain,
         audit::chain_verifies_under_concurrent_appends,
