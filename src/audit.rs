@@ -295,8 +295,8 @@ fn prepare(base_url: &str, record: &AuditRecord) -> (String, Map<String, Value>)
 }
 
 /// Commits what is queued, a batch per transaction, as many transactions at once as the
-/// engine makes progress with ([`Store::concurrent_writers`]: their rows go in side by side,
-/// and they queue only to link them into the chain), and tells each request how it went.
+/// engine makes progress with ([`Store::concurrent_writers`]), and tells each request how it
+/// went.
 async fn writer(mut pending: mpsc::Receiver<Pending>, store: Arc<Store>, registry: Arc<Registry>, base_url: String) {
     let writers = Arc::new(tokio::sync::Semaphore::new(store.concurrent_writers()));
     while let Some(first) = pending.recv().await {
@@ -336,8 +336,12 @@ async fn writer(mut pending: mpsc::Receiver<Pending>, store: Arc<Store>, registr
 /// replicas, of an earlier run, or of a pass that failed.
 const SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Links the AuditEvents that writes queue into the hash chain ([`Store::link_audits`]).
+/// Links the AuditEvents that writes queue into the hash chain ([`Store::link_audits`]), on
+/// engines whose writes do not link their own ([`Store::links_at_commit`]).
 async fn linker(store: Arc<Store>) {
+    if store.links_at_commit() {
+        return;
+    }
     loop {
         tokio::select! {
             () = store.audits_queued() => {}

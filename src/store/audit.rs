@@ -1,12 +1,16 @@
 //! The audit trail's hash chain: every AuditEvent gets a link whose SHA-256 hash covers the
 //! previous link's hash, its sequence number, its id and its stored JSON.
 //!
-//! A write stores its AuditEvents and queues them for linking in its own transaction
-//! ([`super::WriteTx::record_audits`], and at commit). The linker ([`Store::link_audits`], run
-//! by [`crate::audit::AuditLog`] whenever a write queued records, and every second) appends
-//! their links in id order, which is time order. So the chain's head, which orders the chain
-//! across replicas, is locked only by linkers, never by a write: before, every write held it
-//! from its link to its commit, and writes committed one at a time.
+//! A write stores its AuditEvents in its own transaction ([`super::WriteTx::record_audits`],
+//! and at commit). Taking them into the chain depends on the engine
+//! ([`super::sql::Dialect::link_at_commit`]):
+//! - SQLite has one writer, so a write links its AuditEvents itself, before it commits.
+//! - On PostgreSQL a write queues them instead (`audit_unlinked`, in its transaction), and the
+//!   linker ([`Store::link_audits`], run by [`crate::audit::AuditLog`] whenever a write queued
+//!   records, and every second) appends their links after the commit, in id order, which is
+//!   time order. The chain's head, which orders the chain across replicas, is then locked only
+//!   by linkers: a write that held it from its link to its commit (as before) made concurrent
+//!   writes commit one at a time.
 //!
 //! [`Store::verify_audit`] links what waits, then walks the chain and reports the first link
 //! that does not hold.

@@ -65,6 +65,11 @@ pub struct Dialect {
     pub json_array_close: &'static str,
     /// Reads the head of the audit chain; on PostgreSQL it also locks it until commit.
     pub lock_audit_head: &'static str,
+    /// Whether a write links its AuditEvents into the chain itself, at commit (SQLite: one
+    /// writer, so the head's lock holds back no one), or queues them for the linker
+    /// (PostgreSQL: a write that held the head from its link to its commit would make
+    /// concurrent writes commit one at a time).
+    pub link_at_commit: bool,
     /// Ends a query for live resources that references point at: on PostgreSQL it keeps them
     /// from being deleted until the referring write commits.
     pub lock_shared: &'static str,
@@ -100,6 +105,7 @@ pub const SQLITE: Dialect = Dialect {
     json_array_close: ")",
     lock_shared: "",
     lock_audit_head: SELECT_AUDIT_HEAD,
+    link_at_commit: true,
     claim_notifications: claim_notifications!(""),
 };
 
@@ -117,6 +123,7 @@ pub const POSTGRES: Dialect = Dialect {
     json_array_close: ")::text",
     lock_shared: " FOR SHARE",
     lock_audit_head: concat!(select_audit_head!(), " FOR UPDATE"),
+    link_at_commit: false,
     claim_notifications: claim_notifications!(" FOR UPDATE SKIP LOCKED"),
 };
 

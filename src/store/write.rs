@@ -95,8 +95,19 @@ pub struct WriteTx {
     /// The live Subscriptions watching each type, as this transaction read them.
     subscriptions: HashMap<&'static str, Vec<(String, String)>>,
     /// Whether AuditEvents were queued for the chain's linker, and how to wake it.
-    staged_audits: bool,
+    queued_audits: bool,
     linker: Arc<Notify>,
+}
+
+/// A stored AuditEvent to link: its id, recorded time and stored JSON.
+type Staged = (String, Millis, String);
+
+/// What [`WriteTx::link`] links.
+enum Links<'a> {
+    /// AuditEvents staged in this transaction.
+    Staged(&'a [Staged]),
+    /// Up to this many of the linker's queue, oldest id first.
+    Queued(i64),
 }
 
 /// The index entries of an AuditEvent.
@@ -168,7 +179,7 @@ impl Store {
             history: Vec::new(),
             derived: DerivedRows::default(),
             subscriptions: HashMap::new(),
-            staged_audits: false,
+            queued_audits: false,
             linker: self.linker.clone(),
         })
     }
@@ -179,7 +190,7 @@ impl Store {
         let mut total = 0;
         loop {
             let mut tx = self.begin().await?;
-            let linked = tx.link_audits(batch).await;
+            let linked = tx.link(Links::Queued(batch)).await;
             let linked = tx.finish(linked).await?;
             total += linked;
             if linked < usize::try_from(batch).unwrap_or(usize::MAX) {
@@ -370,94 +381,123 @@ impl WriteTx {
     }
 
     /// Appends AuditEvents (`(id, resource)` each) to the audit trail: their rows, their index
-    /// rows (`index` of the final content; no history: an AuditEvent has one version), and an
-    /// entry each in the queue of the chain's linker, all in a handful of multi-row statements.
+    /// rows (`index` of the final content; no history: an AuditEvent has one version), and
+    /// their links or their entries in the linker's queue, in a handful of multi-row
+    /// statements. Call it last.
     pub async fn record_audits(
         &mut self,
         events: Vec<(String, Map<String, Value>)>,
         index: &(dyn Fn(&Value) -> Vec<IndexEntry> + Sync),
     ) -> Result<(), StoreError> {
-        self.stage_audits(events, index).await?;
-        self.flush().await
+        let staged = self.stage_audits(events, index).await?;
+        self.flush().await?;
+        self.chain_audits(staged).await
     }
 
     /// Inserts the rows of AuditEvents, with recorded times from
-    /// [`super::audit::recorded_times`], and queues them for the chain's linker
-    /// ([`Store::link_audits`]); defers their index rows (see [`Self::flush`]).
+    /// [`super::audit::recorded_times`], and defers their index rows (see [`Self::flush`]).
+    /// [`Self::chain_audits`] takes them into the chain.
     #[tracing::instrument(skip_all)]
     async fn stage_audits(
         &mut self,
         events: Vec<(String, Map<String, Value>)>,
         index: &(dyn Fn(&Value) -> Vec<IndexEntry> + Sync),
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Staged>, StoreError> {
         const TYPE: &str = "AuditEvent";
+        let mut staged = Vec::with_capacity(events.len());
         if events.is_empty() {
-            return Ok(());
+            return Ok(staged);
         }
-        let (mut rows, mut queued) = (Vec::new(), Vec::new());
+        let mut rows = Vec::with_capacity(events.len());
         let first = super::audit::recorded_times(events.len());
         for (now, (id, mut resource)) in (first..).zip(events) {
             resource.insert("recorded".into(), Value::from(fhir::format_instant(now)));
             fhir::stamp(&mut resource, &id, 1, now);
             let value = Value::Object(resource);
             self.derived.index.push(((TYPE.to_owned(), id.clone()), index(&value)));
+            let content = value.to_string();
             let text = |s: &str| Bind::Text(s.to_owned());
-            rows.push(vec![
-                text(TYPE),
-                text(&id),
-                Bind::Int(1),
-                Bind::Int(now),
-                Bind::Bool(false),
-                text(&value.to_string()),
-            ]);
-            queued.push(vec![Bind::Text(id)]);
+            rows.push(vec![text(TYPE), text(&id), Bind::Int(1), Bind::Int(now), Bind::Bool(false), text(&content)]);
+            staged.push((id, now, content));
         }
-        self.staged_audits = true;
         on_tx!(self.tx, |conn, dialect| {
             let columns = ["resource_type", "id", "version_id", "last_updated", "deleted", "content"];
-            let mut statements = search_sql::insert_rows(dialect, "resources", &columns, rows);
-            statements.extend(search_sql::insert_rows(dialect, "audit_unlinked", &["id"], queued));
-            for statement in statements {
+            for statement in search_sql::insert_rows(dialect, "resources", &columns, rows) {
                 bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;
             }
         });
+        Ok(staged)
+    }
+
+    /// Takes staged AuditEvents into the chain as the engine does best
+    /// ([`Dialect::link_at_commit`]): links them here, or queues them for the linker
+    /// ([`Store::link_audits`]) and wakes it after the commit.
+    async fn chain_audits(&mut self, staged: Vec<Staged>) -> Result<(), StoreError> {
+        if staged.is_empty() {
+            return Ok(());
+        }
+        if self.dialect().link_at_commit {
+            self.link(Links::Staged(&staged)).await?;
+            return Ok(());
+        }
+        let ids = staged.into_iter().map(|(id, ..)| vec![Bind::Text(id)]).collect();
+        on_tx!(self.tx, |conn, dialect| {
+            for statement in search_sql::insert_rows(dialect, "audit_unlinked", &["id"], ids) {
+                bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;
+            }
+        });
+        self.queued_audits = true;
         Ok(())
     }
 
-    /// Links up to `limit` AuditEvents that wait for it into the hash chain, oldest id first,
-    /// and says how many. The chain's head stays locked until the transaction ends, so linkers
-    /// of several replicas take turns.
+    /// Links AuditEvents into the hash chain after its head, and says how many. The head stays
+    /// locked until the transaction ends, so that linkers of several replicas take turns.
     #[tracing::instrument(skip_all)]
-    async fn link_audits(&mut self, limit: i64) -> Result<usize, StoreError> {
+    async fn link(&mut self, links: Links<'_>) -> Result<usize, StoreError> {
         let linked = on_tx!(self.tx, |conn, dialect| {
             let (mut seq, mut prev, head_recorded): (i64, String, Millis) =
                 sqlx::query_as(dialect.lock_audit_head).fetch_one(&mut *conn).await?;
             // Later records of this process are dated after the head (another replica's, or
             // before a restart or a clock step).
             super::audit::recorded_after(head_recorded);
-            let waiting: Vec<(String, Millis, String)> =
-                sqlx::query_as(sql::SELECT_UNLINKED).bind(limit).fetch_all(&mut *conn).await?;
-            if waiting.is_empty() {
+            let queued: Vec<Staged>;
+            let events = match links {
+                Links::Staged(events) => events,
+                Links::Queued(limit) => {
+                    queued = sqlx::query_as(sql::SELECT_UNLINKED).bind(limit).fetch_all(&mut *conn).await?;
+                    &queued
+                }
+            };
+            if events.is_empty() {
                 return Ok(0);
             }
             let (first, mut recorded) = (seq, head_recorded);
-            let mut links = Vec::with_capacity(waiting.len());
-            for (id, last_updated, content) in &waiting {
+            let mut rows = Vec::with_capacity(events.len());
+            for (id, at, content) in events {
                 seq += 1;
                 let hash = super::audit::link_hash(&prev, seq, id, content);
-                links.push(vec![Bind::Int(seq), Bind::Text(id.clone()), Bind::Text(prev), Bind::Text(hash.clone())]);
+                rows.push(vec![Bind::Int(seq), Bind::Text(id.clone()), Bind::Text(prev), Bind::Text(hash.clone())]);
                 prev = hash;
-                recorded = recorded.max(*last_updated);
+                recorded = recorded.max(*at);
             }
-            for statement in search_sql::insert_rows(dialect, "audit_chain", &["seq", "id", "prev_hash", "hash"], links)
+            for statement in search_sql::insert_rows(dialect, "audit_chain", &["seq", "id", "prev_hash", "hash"], rows)
             {
                 bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;
             }
-            sqlx::query(sql::DELETE_LINKED).bind(first).execute(&mut *conn).await?;
+            if matches!(links, Links::Queued(_)) {
+                sqlx::query(sql::DELETE_LINKED).bind(first).execute(&mut *conn).await?;
+            }
             sqlx::query(sql::UPDATE_AUDIT_HEAD).bind(seq).bind(&prev).bind(recorded).execute(&mut *conn).await?;
-            waiting.len()
+            events.len()
         });
         Ok(linked)
+    }
+
+    fn dialect(&self) -> &'static Dialect {
+        match self.tx {
+            Tx::Sqlite(_) => &SQLITE,
+            Tx::Postgres(_) => &POSTGRES,
+        }
     }
 
     /// Writes the rows that the changes so far deferred: their history rows, and their index
@@ -611,18 +651,21 @@ impl WriteTx {
     #[tracing::instrument(skip_all)]
     pub async fn commit(mut self) -> Result<(), StoreError> {
         // AuditEvents go in before the checks, so that their index rows are written with the
-        // changes' own. They are linked into the chain after the commit, by the linker: the
-        // chain's head is never locked by a write, so concurrent writers commit side by side.
-        if let Some(index) = self.audit_index.take() {
-            let audits = std::mem::take(&mut self.audits);
-            self.stage_audits(audits, &*index).await.map_err(audit_failure)?;
-        }
+        // changes' own; they are chained after the checks.
+        let staged = match self.audit_index.take() {
+            Some(index) => {
+                let audits = std::mem::take(&mut self.audits);
+                self.stage_audits(audits, &*index).await.map_err(audit_failure)?
+            }
+            None => Vec::new(),
+        };
         self.verify().await?;
+        self.chain_audits(staged).await.map_err(audit_failure)?;
         match self.tx {
             Tx::Sqlite(member) => member.end(true).await?,
             Tx::Postgres(t) => t.commit().await?,
         }
-        if self.staged_audits {
+        if self.queued_audits {
             self.linker.notify_one();
         }
         Ok(())

@@ -147,21 +147,38 @@ pub async fn audit_needs_its_own_scope_and_records_denials(app: TestApp) {
 
 pub async fn audit_failure_fails_the_request(app: TestApp) {
     let pid = app.create(fixtures::patient()).await["id"].as_str().unwrap().to_owned();
-    // The linker's queue gone (a storage fault): no AuditEvent can be stored.
-    app.execute_sql(&["ALTER TABLE audit_unlinked RENAME TO audit_unlinked_away"]).await;
+    // A storage fault where each engine takes a write's AuditEvents into the chain: SQLite
+    // links them at commit (a row in the way of the next link), PostgreSQL queues them for the
+    // linker (the queue gone).
+    let (fault, repair) = match app.backend {
+        Backend::Sqlite => (
+            "INSERT INTO audit_chain (seq, id, prev_hash, hash) SELECT seq + 1, 'blocker', 'x', 'x' FROM audit_head",
+            "DELETE FROM audit_chain WHERE id = 'blocker'",
+        ),
+        Backend::Postgres => (
+            "ALTER TABLE audit_unlinked RENAME TO audit_unlinked_away",
+            "ALTER TABLE audit_unlinked_away RENAME TO audit_unlinked",
+        ),
+    };
+    app.execute_sql(&[fault]).await;
     let r = app.post("CarePlan", &fixtures::care_plan(&pid)).await;
     r.expect(503);
     app.get(&format!("Patient/{pid}")).await.expect(503);
-    app.execute_sql(&["ALTER TABLE audit_unlinked_away RENAME TO audit_unlinked"]).await;
+    app.execute_sql(&[repair]).await;
     // Nothing of the write that could not be audited was stored, and the chain holds.
     let plans = app.get("CarePlan").await;
     assert_eq!(plans.json["total"], 0, "{}", plans.text);
     assert_eq!(verify(&app).await.broken, None);
 }
 
-/// Writes never wait for the chain's head: when the chain cannot take links, requests are
-/// still answered, and their records are linked, none lost, once it can again.
+/// On PostgreSQL writes never wait for the chain's head: when the chain cannot take links,
+/// requests are still answered, and their records are linked, none lost, once it can again.
 pub async fn a_blocked_chain_delays_links_and_loses_no_record(app: TestApp) {
+    if app.backend != Backend::Postgres {
+        // SQLite links a write's AuditEvents at commit: a blocked chain fails the request
+        // (`audit_failure_fails_the_request`).
+        return;
+    }
     let pid = app.create(fixtures::patient()).await["id"].as_str().unwrap().to_owned();
     let before = verify(&app).await;
     assert_eq!(before.broken, None);
