@@ -331,14 +331,14 @@ impl Store {
         Ok(())
     }
 
-    /// How many write transactions can make progress at once: one on SQLite (one writer
-    /// connection), several on PostgreSQL.
     /// Whether writes link their AuditEvents into the chain themselves
     /// ([`sql::Dialect::link_at_commit`]), so that no linker is needed.
     pub fn links_at_commit(&self) -> bool {
         on_db!(self, reader, |_pool, dialect| dialect.link_at_commit)
     }
 
+    /// How many write transactions can make progress at once: one on SQLite (one writer
+    /// connection), several on PostgreSQL.
     pub fn concurrent_writers(&self) -> usize {
         match self.db {
             Db::Sqlite { .. } => 1,
