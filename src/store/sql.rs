@@ -34,6 +34,15 @@ pub const DELETE_LINKED: &str = "DELETE FROM audit_unlinked WHERE id IN (SELECT 
 
 pub const COUNT_UNLINKED: &str = "SELECT COUNT(*) FROM audit_unlinked";
 
+/// The newest AuditEvent waiting for the indexer: a pass indexes up to it.
+pub const NEWEST_UNINDEXED: &str = "SELECT MAX(id) FROM audit_unindexed";
+
+/// AuditEvents waiting for the indexer, up to the id `$1`, oldest first, `$2` of them, with
+/// their stored JSON (absent if the record is gone).
+pub const SELECT_UNINDEXED: &str = "SELECT q.id, r.content FROM audit_unindexed q \
+     LEFT JOIN resources r ON r.resource_type = 'AuditEvent' AND r.id = q.id \
+     WHERE q.id <= $1 ORDER BY q.id LIMIT $2";
+
 pub const COUNT_AUDIT_EVENTS: &str = "SELECT COUNT(*) FROM resources WHERE resource_type = 'AuditEvent'";
 
 /// What differs between SQLite and PostgreSQL.
