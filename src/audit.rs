@@ -11,11 +11,12 @@
 //! if the record cannot be stored, the request fails (fail closed). Each record is also logged as
 //! a structured line, with types and ids only.
 //!
-//! What a request waits for is the record itself (its row, and its link into the hash chain or
-//! its place in the linker's queue). Its search index rows, a row in each of several value
-//! indexes, are written moments later by the indexer, for many records in one transaction; a
-//! search that reads AuditEvents' index rows first indexes what waits, so it never misses a
-//! record committed before it.
+//! On SQLite what a request waits for is the record itself (its row and its link into the hash
+//! chain). Its search index rows, a row in each of several value indexes, are written moments
+//! later by the indexer, for many records in one transaction; a search that reads AuditEvents'
+//! index rows first indexes what waits, so it never misses a record committed before it.
+//! PostgreSQL indexes the records in their own transaction
+//! ([`crate::store::Store::indexes_audits_at_commit`]).
 
 use std::sync::Arc;
 
@@ -362,9 +363,13 @@ async fn linker(store: Arc<Store>) {
 const GATHER: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Writes the index rows of the AuditEvents that requests stored ([`Store::index_audits`]),
-/// shortly after they were committed. A search that reads AuditEvents' index rows does the
-/// same first, so the delay is never visible to one.
+/// shortly after they were committed, on engines whose transactions do not index their own. A
+/// search that reads AuditEvents' index rows does the same first, so the delay is never
+/// visible to one.
 async fn indexer(store: Arc<Store>) {
+    if store.indexes_audits_at_commit() {
+        return;
+    }
     loop {
         tokio::select! {
             () = store.audits_unindexed() => tokio::time::sleep(GATHER).await,

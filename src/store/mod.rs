@@ -362,6 +362,12 @@ impl Store {
         on_db!(self, reader, |_pool, dialect| dialect.link_at_commit)
     }
 
+    /// Whether transactions index their AuditEvents themselves
+    /// ([`sql::Dialect::index_audits_at_commit`]), so that no indexer is needed.
+    pub fn indexes_audits_at_commit(&self) -> bool {
+        on_db!(self, reader, |_pool, dialect| dialect.index_audits_at_commit)
+    }
+
     /// How many write transactions can make progress at once: one on SQLite (one writer
     /// connection), several on PostgreSQL.
     pub fn concurrent_writers(&self) -> usize {

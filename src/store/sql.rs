@@ -79,6 +79,11 @@ pub struct Dialect {
     /// (PostgreSQL: a write that held the head from its link to its commit would make
     /// concurrent writes commit one at a time).
     pub link_at_commit: bool,
+    /// Whether a transaction writes its AuditEvents' index rows itself (PostgreSQL: its CPU,
+    /// shared with the server's, is the bound, and deferring the work only adds a pass), or
+    /// queues them for the indexer (SQLite: its one writer waits on I/O for the index pages
+    /// of each record, and the indexer writes those for many records at once).
+    pub index_audits_at_commit: bool,
     /// Ends a query for live resources that references point at: on PostgreSQL it keeps them
     /// from being deleted until the referring write commits.
     pub lock_shared: &'static str,
@@ -115,6 +120,7 @@ pub const SQLITE: Dialect = Dialect {
     lock_shared: "",
     lock_audit_head: SELECT_AUDIT_HEAD,
     link_at_commit: true,
+    index_audits_at_commit: false,
     claim_notifications: claim_notifications!(""),
 };
 
@@ -133,6 +139,7 @@ pub const POSTGRES: Dialect = Dialect {
     lock_shared: " FOR SHARE",
     lock_audit_head: concat!(select_audit_head!(), " FOR UPDATE"),
     link_at_commit: false,
+    index_audits_at_commit: true,
     claim_notifications: claim_notifications!(" FOR UPDATE SKIP LOCKED"),
 };
 

@@ -99,6 +99,9 @@ pub struct WriteTx {
     /// Whether AuditEvents were queued for the indexer, and how to wake it.
     unindexed_audits: bool,
     indexer: Arc<Notify>,
+    /// How AuditEvents are indexed, where a transaction indexes its own
+    /// ([`Dialect::index_audits_at_commit`]).
+    audit_index: Option<AuditIndex>,
 }
 
 /// A stored AuditEvent to link: its id, recorded time and stored JSON.
@@ -184,6 +187,7 @@ impl Store {
             linker: self.linker.clone(),
             unindexed_audits: false,
             indexer: self.indexer.clone(),
+            audit_index: self.audit_index.get().cloned(),
         })
     }
 
@@ -217,6 +221,9 @@ impl Store {
     /// indexed. Does nothing before [`Store::index_audits_with`].
     pub async fn index_audits(&self, batch: i64) -> Result<usize, StoreError> {
         let Some(index) = self.audit_index.get() else { return Ok(0) };
+        if self.indexes_audits_at_commit() {
+            return Ok(0);
+        }
         let newest: Option<String> = on_db!(self, reader, |pool, _d| {
             let (newest,): (Option<String>,) = sqlx::query_as(sql::NEWEST_UNINDEXED).fetch_one(pool).await?;
             newest
@@ -419,11 +426,12 @@ impl WriteTx {
     }
 
     /// Inserts the rows of AuditEvents, with recorded times from
-    /// [`super::audit::recorded_times`], and queues them for the indexer
-    /// ([`Store::index_audits`]): their index rows would be most of what they cost the request
-    /// that waits for them (a row in each of several value indexes, at random places), and the
-    /// indexer writes them for many records at once. [`Self::chain_audits`] takes them into
-    /// the chain.
+    /// [`super::audit::recorded_times`], and indexes them as the engine does best
+    /// ([`Dialect::index_audits_at_commit`]): defers their index rows (see [`Self::flush`]), or
+    /// queues them for the indexer ([`Store::index_audits`]). On SQLite those rows would be
+    /// most of what the records cost the request that waits for them (a row in each of several
+    /// value indexes, at random places), and the indexer writes them for many records at once.
+    /// [`Self::chain_audits`] takes them into the chain.
     #[tracing::instrument(skip_all)]
     async fn stage_audits(&mut self, events: Vec<(String, Map<String, Value>)>) -> Result<Vec<Staged>, StoreError> {
         const TYPE: &str = "AuditEvent";
@@ -433,16 +441,22 @@ impl WriteTx {
         }
         let mut rows = Vec::with_capacity(events.len());
         let mut queue = Vec::with_capacity(events.len());
+        let index = self.audit_index.clone().filter(|_| self.dialect().index_audits_at_commit);
         let first = super::audit::recorded_times(events.len());
         for (now, (id, mut resource)) in (first..).zip(events) {
             resource.insert("recorded".into(), Value::from(fhir::format_instant(now)));
             fhir::stamp(&mut resource, &id, 1, now);
-            let content = Value::Object(resource).to_string();
+            let value = Value::Object(resource);
+            match &index {
+                Some(index) => self.derived.index.push(((TYPE.to_owned(), id.clone()), index(&value))),
+                None => queue.push(vec![Bind::Text(id.clone())]),
+            }
+            let content = value.to_string();
             let text = |s: &str| Bind::Text(s.to_owned());
             rows.push(vec![text(TYPE), text(&id), Bind::Int(1), Bind::Int(now), Bind::Bool(false), text(&content)]);
-            queue.push(vec![text(&id)]);
             staged.push((id, now, content));
         }
+        let queued = !queue.is_empty();
         on_tx!(self.tx, |conn, dialect| {
             let columns = ["resource_type", "id", "version_id", "last_updated", "deleted", "content"];
             let mut statements = search_sql::insert_rows(dialect, "resources", &columns, rows);
@@ -451,7 +465,7 @@ impl WriteTx {
                 bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;
             }
         });
-        self.unindexed_audits = true;
+        self.unindexed_audits |= queued;
         Ok(staged)
     }
 
