@@ -10,13 +10,6 @@
 //! for that commit:
 //! if the record cannot be stored, the request fails (fail closed). Each record is also logged as
 //! a structured line, with types and ids only.
-//!
-//! On SQLite what a request waits for is the record itself (its row and its link into the hash
-//! chain). Its search index rows, a row in each of several value indexes, are written moments
-//! later by the indexer, for many records in one transaction; a search that reads AuditEvents'
-//! index rows first indexes what waits, so it never misses a record committed before it.
-//! PostgreSQL indexes the records in their own transaction
-//! ([`crate::store::Store::indexes_audits_at_commit`]).
 
 use std::sync::Arc;
 
@@ -26,7 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::Principal;
 use crate::fhir::registry::Registry;
-use crate::store::{AuditIndex, Store, StoreError, WriteTx, AUDIT_INDEX_BATCH};
+use crate::fhir::search::index::IndexEntry;
+use crate::store::{AuditIndex, Store, StoreError, WriteTx};
 use crate::{fhir, in_transaction};
 
 const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
@@ -252,6 +246,7 @@ type Pending = (AuditRecord, oneshot::Sender<bool>);
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     queue: mpsc::Sender<Pending>,
+    registry: Arc<Registry>,
     base_url: String,
 }
 
@@ -264,15 +259,9 @@ impl AuditLog {
     /// Starts the writer task on the current runtime.
     pub fn start(store: Arc<Store>, registry: Arc<Registry>, base_url: String) -> Self {
         let (queue, pending) = mpsc::channel(4 * BATCH);
-        let index_base = base_url.clone();
-        let index: AuditIndex = Arc::new(move |event: &Value| {
-            registry.search.extract(&registry.definitions, "AuditEvent", event, &index_base)
-        });
-        store.index_audits_with(index);
-        tokio::spawn(writer(pending, store.clone(), base_url.clone()));
-        tokio::spawn(linker(store.clone()));
-        tokio::spawn(indexer(store));
-        Self { queue, base_url }
+        tokio::spawn(writer(pending, store.clone(), registry.clone(), base_url.clone()));
+        tokio::spawn(linker(store));
+        Self { queue, registry, base_url }
     }
 
     /// Records `record` and waits until it is committed.
@@ -289,9 +278,15 @@ impl AuditLog {
     /// appended when it commits; if the trail cannot take it, the commit fails.
     pub fn record_in(&self, tx: &mut WriteTx, record: &AuditRecord) {
         let id = crate::fhir::new_id();
-        tx.queue_audit(id.clone(), record.to_resource(&self.base_url));
+        let (registry, base_url) = (self.registry.clone(), self.base_url.clone());
+        let index: AuditIndex = Arc::new(move |v: &Value| index_of(&registry, &base_url, v));
+        tx.queue_audit(id.clone(), record.to_resource(&self.base_url), index);
         record.log(&id);
     }
+}
+
+fn index_of(registry: &Registry, base_url: &str, event: &Value) -> Vec<IndexEntry> {
+    registry.search.extract(&registry.definitions, "AuditEvent", event, base_url)
 }
 
 /// The AuditEvent of `record` with a new id.
@@ -302,7 +297,7 @@ fn prepare(base_url: &str, record: &AuditRecord) -> (String, Map<String, Value>)
 /// Commits what is queued, a batch per transaction, as many transactions at once as the
 /// engine makes progress with ([`Store::concurrent_writers`]), and tells each request how it
 /// went.
-async fn writer(mut pending: mpsc::Receiver<Pending>, store: Arc<Store>, base_url: String) {
+async fn writer(mut pending: mpsc::Receiver<Pending>, store: Arc<Store>, registry: Arc<Registry>, base_url: String) {
     let writers = Arc::new(tokio::sync::Semaphore::new(store.concurrent_writers()));
     while let Some(first) = pending.recv().await {
         let Ok(permit) = writers.clone().acquire_owned().await else { break };
@@ -313,10 +308,11 @@ async fn writer(mut pending: mpsc::Receiver<Pending>, store: Arc<Store>, base_ur
                 Err(_) => break,
             }
         }
-        let (store, base_url) = (store.clone(), base_url.clone());
+        let (store, registry, base_url) = (store.clone(), registry.clone(), base_url.clone());
         tokio::spawn(async move {
             let prepared: Vec<_> = batch.iter().map(|(r, _)| prepare(&base_url, r)).collect();
-            let ok = match commit(&store, &prepared).await {
+            let index = |v: &Value| index_of(&registry, &base_url, v);
+            let ok = match commit(&store, &prepared, &index).await {
                 Ok(()) => {
                     for ((record, _), (id, _)) in batch.iter().zip(&prepared) {
                         record.log(id);
@@ -358,34 +354,16 @@ async fn linker(store: Arc<Store>) {
     }
 }
 
-/// How long the indexer lets AuditEvents gather after a wake-up, so that one pass indexes many:
-/// their index rows go to the same pages of each index, and the pass commits once.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(50);
+type Index<'a> = &'a (dyn Fn(&Value) -> Vec<IndexEntry> + Sync);
 
-/// Writes the index rows of the AuditEvents that requests stored ([`Store::index_audits`]),
-/// shortly after they were committed, on engines whose transactions do not index their own. A
-/// search that reads AuditEvents' index rows does the same first, so the delay is never
-/// visible to one.
-async fn indexer(store: Arc<Store>) {
-    if store.indexes_audits_at_commit() {
-        return;
-    }
-    loop {
-        tokio::select! {
-            () = store.audits_unindexed() => tokio::time::sleep(GATHER).await,
-            () = tokio::time::sleep(SWEEP) => {}
-        }
-        if let Err(e) = store.index_audits(AUDIT_INDEX_BATCH).await {
-            tracing::error!(error = %e, db.code = e.code(), "indexing AuditEvents failed");
-            tokio::time::sleep(SWEEP).await;
-        }
-    }
+async fn commit(store: &Store, prepared: &[(String, Map<String, Value>)], index: Index<'_>) -> Result<(), StoreError> {
+    in_transaction!(store, |tx| append(&mut tx, prepared, index))
 }
 
-async fn commit(store: &Store, prepared: &[(String, Map<String, Value>)]) -> Result<(), StoreError> {
-    in_transaction!(store, |tx| append(&mut tx, prepared))
-}
-
-async fn append(tx: &mut WriteTx, prepared: &[(String, Map<String, Value>)]) -> Result<(), StoreError> {
-    tx.record_audits(prepared.to_vec()).await
+async fn append(
+    tx: &mut WriteTx,
+    prepared: &[(String, Map<String, Value>)],
+    index: Index<'_>,
+) -> Result<(), StoreError> {
+    tx.record_audits(prepared.to_vec(), index).await
 }

@@ -168,11 +168,6 @@ pub struct WriteExtras<'a> {
 
 pub use crate::fhir::registry::Derived;
 
-const AUDIT_EVENT: &str = "AuditEvent";
-
-/// The most AuditEvents one pass of the indexer takes ([`Store::index_audits`]).
-pub const AUDIT_INDEX_BATCH: i64 = 256;
-
 impl<'a> From<&'a Derived> for WriteExtras<'a> {
     fn from(d: &'a Derived) -> Self {
         WriteExtras { references: &d.references, index: &d.index, consent: &d.consent, labels: &d.labels }
@@ -264,11 +259,6 @@ pub struct Store {
     /// Wakes this process's audit chain linker when a write has queued AuditEvents (a local
     /// nudge: the queue itself is in the database, and any replica's linker empties it).
     linker: Arc<tokio::sync::Notify>,
-    /// Wakes this process's AuditEvent indexer when a transaction has queued AuditEvents for
-    /// it (a local nudge, like `linker`).
-    indexer: Arc<tokio::sync::Notify>,
-    /// How the indexer indexes an AuditEvent ([`Store::index_audits_with`]).
-    audit_index: std::sync::OnceLock<AuditIndex>,
 }
 
 impl std::fmt::Debug for Store {
@@ -319,7 +309,7 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl);
         };
-        Ok(Self { db, linker: Arc::default(), indexer: Arc::default(), audit_index: std::sync::OnceLock::new() })
+        Ok(Self { db, linker: Arc::default() })
     }
 
     /// Applies the engine's migrations (idempotent; PostgreSQL serialises concurrent replicas).
@@ -341,31 +331,10 @@ impl Store {
         Ok(())
     }
 
-    /// Sets how [`Store::index_audits`] indexes an AuditEvent (once; later calls are ignored).
-    pub fn index_audits_with(&self, index: AuditIndex) {
-        let _ = self.audit_index.set(index);
-    }
-
-    /// Indexes the AuditEvents that wait for the indexer, when a query on `types` with
-    /// `filters` reads AuditEvents' index rows, so that it sees every record committed before
-    /// it.
-    async fn index_audits_for(&self, types: &[&str], filters: &[Filter]) -> Result<(), StoreError> {
-        if types.contains(&AUDIT_EVENT) || filters.iter().any(|f| f.reads_type(AUDIT_EVENT)) {
-            self.index_audits(AUDIT_INDEX_BATCH).await?;
-        }
-        Ok(())
-    }
-
     /// Whether writes link their AuditEvents into the chain themselves
     /// ([`sql::Dialect::link_at_commit`]), so that no linker is needed.
     pub fn links_at_commit(&self) -> bool {
         on_db!(self, reader, |_pool, dialect| dialect.link_at_commit)
-    }
-
-    /// Whether transactions index their AuditEvents themselves
-    /// ([`sql::Dialect::index_audits_at_commit`]), so that no indexer is needed.
-    pub fn indexes_audits_at_commit(&self) -> bool {
-        on_db!(self, reader, |_pool, dialect| dialect.index_audits_at_commit)
     }
 
     /// How many write transactions can make progress at once: one on SQLite (one writer
@@ -464,7 +433,6 @@ impl Store {
             None => (None, false),
         };
         let limit = i64::from(q.count);
-        self.index_audits_for(&[ty.as_str()], &q.filters).await?;
         Ok(on_db!(self, reader, |pool, dialect| {
             let mut matches = Vec::new();
             let (mut next, mut previous) = (None, None);
@@ -531,7 +499,6 @@ impl Store {
         if ids.is_empty() || params.is_empty() {
             return Ok(members);
         }
-        self.index_audits_for(&[ty], &[]).await?;
         let rows: Vec<(String,)> = on_db!(self, reader, |pool, dialect| {
             let sql = Compiler::new(dialect, 0).compartment_members(ty, ids, patient, params);
             bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(pool).await?
@@ -543,7 +510,6 @@ impl Store {
     /// The ids of at most `limit` current resources of `ty` matching `filters`, in id order.
     #[tracing::instrument(skip_all)]
     pub async fn ids(&self, ty: &str, filters: &[Filter], limit: i64) -> Result<Vec<String>, StoreError> {
-        self.index_audits_for(&[ty], filters).await?;
         let rows: Vec<(String,)> = on_db!(self, reader, |pool, dialect| {
             let sql = Compiler::new(dialect, fhir::now_millis()).ids(ty, filters, limit);
             bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(pool).await?
@@ -638,7 +604,6 @@ impl Store {
         if sources.is_empty() {
             return Ok(Vec::new());
         }
-        self.index_audits_for(&[source_type], &[]).await?;
         Ok(on_db!(self, reader, |pool, dialect| {
             let sql = Compiler::new(dialect, 0).include(source_type, param, target_type, sources, limit);
             bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(pool).await?
@@ -658,7 +623,6 @@ impl Store {
         if targets.is_empty() {
             return Ok(Vec::new());
         }
-        self.index_audits_for(&[source_type], &[]).await?;
         Ok(on_db!(self, reader, |pool, dialect| {
             let sql = Compiler::new(dialect, 0).revinclude(source_type, param, target_type, targets, limit);
             bind_all!(sqlx::query_as(&sql.text).persistent(false), sql).fetch_all(pool).await?

@@ -231,18 +231,6 @@ pub fn live_among(dialect: &Dialect, targets: &[(&str, &str)]) -> Vec<Sql> {
     out
 }
 
-/// `DELETE` statements removing the rows of `table` whose `id` is one of `ids`, one per
-/// [`INSERT_BATCH`] ids.
-pub fn delete_ids(dialect: &Dialect, table: &str, ids: &[String]) -> Vec<Sql> {
-    ids.chunks(INSERT_BATCH)
-        .map(|chunk| {
-            let mut sql = Sql::new(dialect);
-            sql.push(&format!("DELETE FROM {table} WHERE id IN ")).list(chunk);
-            sql
-        })
-        .collect()
-}
-
 /// `DELETE` statements removing the rows of `table` owned by `owners` (type, id): one per
 /// [`INSERT_BATCH`] owners, each `(type = … AND id IN (…)) OR …` grouped by type.
 fn delete_owned(dialect: &Dialect, table: &str, (type_column, id_column): (&str, &str), owners: &[Key]) -> Vec<Sql> {

@@ -34,15 +34,6 @@ pub const DELETE_LINKED: &str = "DELETE FROM audit_unlinked WHERE id IN (SELECT 
 
 pub const COUNT_UNLINKED: &str = "SELECT COUNT(*) FROM audit_unlinked";
 
-/// The newest AuditEvent waiting for the indexer: a pass indexes up to it.
-pub const NEWEST_UNINDEXED: &str = "SELECT MAX(id) FROM audit_unindexed";
-
-/// AuditEvents waiting for the indexer, up to the id `$1`, oldest first, `$2` of them, with
-/// their stored JSON (absent if the record is gone).
-pub const SELECT_UNINDEXED: &str = "SELECT q.id, r.content FROM audit_unindexed q \
-     LEFT JOIN resources r ON r.resource_type = 'AuditEvent' AND r.id = q.id \
-     WHERE q.id <= $1 ORDER BY q.id LIMIT $2";
-
 pub const COUNT_AUDIT_EVENTS: &str = "SELECT COUNT(*) FROM resources WHERE resource_type = 'AuditEvent'";
 
 /// What differs between SQLite and PostgreSQL.
@@ -79,11 +70,6 @@ pub struct Dialect {
     /// (PostgreSQL: a write that held the head from its link to its commit would make
     /// concurrent writes commit one at a time).
     pub link_at_commit: bool,
-    /// Whether a transaction writes its AuditEvents' index rows itself (PostgreSQL: its CPU,
-    /// shared with the server's, is the bound, and deferring the work only adds a pass), or
-    /// queues them for the indexer (SQLite: its one writer waits on I/O for the index pages
-    /// of each record, and the indexer writes those for many records at once).
-    pub index_audits_at_commit: bool,
     /// Ends a query for live resources that references point at: on PostgreSQL it keeps them
     /// from being deleted until the referring write commits.
     pub lock_shared: &'static str,
@@ -120,7 +106,6 @@ pub const SQLITE: Dialect = Dialect {
     lock_shared: "",
     lock_audit_head: SELECT_AUDIT_HEAD,
     link_at_commit: true,
-    index_audits_at_commit: false,
     claim_notifications: claim_notifications!(""),
 };
 
@@ -139,7 +124,6 @@ pub const POSTGRES: Dialect = Dialect {
     lock_shared: " FOR SHARE",
     lock_audit_head: concat!(select_audit_head!(), " FOR UPDATE"),
     link_at_commit: false,
-    index_audits_at_commit: true,
     claim_notifications: claim_notifications!(" FOR UPDATE SKIP LOCKED"),
 };
 

@@ -20,7 +20,7 @@ use super::group::Member;
 use super::outbox::Notification;
 use super::search_sql::{self, Bind, Compiler, DerivedRows};
 use super::sql::{self, Dialect, POSTGRES, SQLITE};
-use super::{bind_all, on_db, Db, Store, StoreError, Version, WriteExtras};
+use super::{bind_all, Db, Store, StoreError, Version, WriteExtras};
 use crate::fhir::registry::ResourceType;
 use crate::fhir::search::index::IndexEntry;
 use crate::fhir::search::query::Filter;
@@ -85,8 +85,9 @@ pub struct WriteTx {
     /// Integrity checks for commit, each with the position of the change that asked for it.
     checks: Vec<(usize, Check)>,
     changes: usize,
-    /// AuditEvents to append at commit.
+    /// AuditEvents to append at commit, and how to index them.
     audits: Vec<(String, Map<String, Value>)>,
+    audit_index: Option<AuditIndex>,
     /// The history, index and link rows of the changes so far, not yet written (see
     /// [`WriteTx::flush`]).
     history: Vec<Vec<Bind>>,
@@ -96,12 +97,6 @@ pub struct WriteTx {
     /// Whether AuditEvents were queued for the chain's linker, and how to wake it.
     queued_audits: bool,
     linker: Arc<Notify>,
-    /// Whether AuditEvents were queued for the indexer, and how to wake it.
-    unindexed_audits: bool,
-    indexer: Arc<Notify>,
-    /// How AuditEvents are indexed, where a transaction indexes its own
-    /// ([`Dialect::index_audits_at_commit`]).
-    audit_index: Option<AuditIndex>,
 }
 
 /// A stored AuditEvent to link: its id, recorded time and stored JSON.
@@ -180,14 +175,12 @@ impl Store {
             checks: Vec::new(),
             changes: 0,
             audits: Vec::new(),
+            audit_index: None,
             history: Vec::new(),
             derived: DerivedRows::default(),
             subscriptions: HashMap::new(),
             queued_audits: false,
             linker: self.linker.clone(),
-            unindexed_audits: false,
-            indexer: self.indexer.clone(),
-            audit_index: self.audit_index.get().cloned(),
         })
     }
 
@@ -209,36 +202,6 @@ impl Store {
     /// Resolves when a write has queued AuditEvents for the linker since it last resolved.
     pub async fn audits_queued(&self) {
         self.linker.notified().await;
-    }
-
-    /// Resolves when AuditEvents have been queued for the indexer since it last resolved.
-    pub async fn audits_unindexed(&self) {
-        self.indexer.notified().await;
-    }
-
-    /// Writes the index rows of the AuditEvents that wait for them (every one committed before
-    /// this call began, and perhaps later ones), in passes of up to `batch`; says how many it
-    /// indexed. Does nothing before [`Store::index_audits_with`].
-    pub async fn index_audits(&self, batch: i64) -> Result<usize, StoreError> {
-        let Some(index) = self.audit_index.get() else { return Ok(0) };
-        if self.indexes_audits_at_commit() {
-            return Ok(0);
-        }
-        let newest: Option<String> = on_db!(self, reader, |pool, _d| {
-            let (newest,): (Option<String>,) = sqlx::query_as(sql::NEWEST_UNINDEXED).fetch_one(pool).await?;
-            newest
-        });
-        let Some(newest) = newest else { return Ok(0) };
-        let mut total = 0;
-        loop {
-            let mut tx = self.begin().await?;
-            let indexed = tx.index_queued(&newest, batch, &**index).await;
-            let indexed = tx.finish(indexed).await?;
-            total += indexed;
-            if indexed < usize::try_from(batch).unwrap_or(usize::MAX) {
-                return Ok(total);
-            }
-        }
     }
 }
 
@@ -412,92 +375,58 @@ impl WriteTx {
 
     /// Queues an AuditEvent (`id`, `resource`) to be appended to the audit trail when the
     /// transaction commits (see [`WriteTx::commit`]).
-    pub fn queue_audit(&mut self, id: String, resource: Map<String, Value>) {
+    pub fn queue_audit(&mut self, id: String, resource: Map<String, Value>, index: AuditIndex) {
         self.audits.push((id, resource));
+        self.audit_index = Some(index);
     }
 
-    /// Appends AuditEvents (`(id, resource)` each) to the audit trail: their rows, their
-    /// entries in the indexer's queue, and their links or their entries in the linker's queue,
-    /// in a handful of multi-row statements. Call it last.
-    pub async fn record_audits(&mut self, events: Vec<(String, Map<String, Value>)>) -> Result<(), StoreError> {
-        let staged = self.stage_audits(events).await?;
+    /// Appends AuditEvents (`(id, resource)` each) to the audit trail: their rows, their index
+    /// rows (`index` of the final content; no history: an AuditEvent has one version), and
+    /// their links or their entries in the linker's queue, in a handful of multi-row
+    /// statements. Call it last.
+    pub async fn record_audits(
+        &mut self,
+        events: Vec<(String, Map<String, Value>)>,
+        index: &(dyn Fn(&Value) -> Vec<IndexEntry> + Sync),
+    ) -> Result<(), StoreError> {
+        let staged = self.stage_audits(events, index).await?;
         self.flush().await?;
         self.chain_audits(staged).await
     }
 
     /// Inserts the rows of AuditEvents, with recorded times from
-    /// [`super::audit::recorded_times`], and indexes them as the engine does best
-    /// ([`Dialect::index_audits_at_commit`]): defers their index rows (see [`Self::flush`]), or
-    /// queues them for the indexer ([`Store::index_audits`]). On SQLite those rows would be
-    /// most of what the records cost the request that waits for them (a row in each of several
-    /// value indexes, at random places), and the indexer writes them for many records at once.
+    /// [`super::audit::recorded_times`], and defers their index rows (see [`Self::flush`]).
     /// [`Self::chain_audits`] takes them into the chain.
     #[tracing::instrument(skip_all)]
-    async fn stage_audits(&mut self, events: Vec<(String, Map<String, Value>)>) -> Result<Vec<Staged>, StoreError> {
+    async fn stage_audits(
+        &mut self,
+        events: Vec<(String, Map<String, Value>)>,
+        index: &(dyn Fn(&Value) -> Vec<IndexEntry> + Sync),
+    ) -> Result<Vec<Staged>, StoreError> {
         const TYPE: &str = "AuditEvent";
         let mut staged = Vec::with_capacity(events.len());
         if events.is_empty() {
             return Ok(staged);
         }
         let mut rows = Vec::with_capacity(events.len());
-        let mut queue = Vec::with_capacity(events.len());
-        let index = self.audit_index.clone().filter(|_| self.dialect().index_audits_at_commit);
         let first = super::audit::recorded_times(events.len());
         for (now, (id, mut resource)) in (first..).zip(events) {
             resource.insert("recorded".into(), Value::from(fhir::format_instant(now)));
             fhir::stamp(&mut resource, &id, 1, now);
             let value = Value::Object(resource);
-            match &index {
-                Some(index) => self.derived.index.push(((TYPE.to_owned(), id.clone()), index(&value))),
-                None => queue.push(vec![Bind::Text(id.clone())]),
-            }
+            self.derived.index.push(((TYPE.to_owned(), id.clone()), index(&value)));
             let content = value.to_string();
             let text = |s: &str| Bind::Text(s.to_owned());
             rows.push(vec![text(TYPE), text(&id), Bind::Int(1), Bind::Int(now), Bind::Bool(false), text(&content)]);
             staged.push((id, now, content));
         }
-        let queued = !queue.is_empty();
         on_tx!(self.tx, |conn, dialect| {
             let columns = ["resource_type", "id", "version_id", "last_updated", "deleted", "content"];
-            let mut statements = search_sql::insert_rows(dialect, "resources", &columns, rows);
-            statements.extend(search_sql::insert_rows(dialect, "audit_unindexed", &["id"], queue));
-            for statement in statements {
+            for statement in search_sql::insert_rows(dialect, "resources", &columns, rows) {
                 bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;
             }
         });
-        self.unindexed_audits |= queued;
         Ok(staged)
-    }
-
-    /// Writes the index rows of up to `limit` AuditEvents of the indexer's queue, up to the id
-    /// `newest`, oldest first, and takes them off the queue; says how many it took. Their
-    /// earlier rows, if any, are replaced, so a record indexed twice (say, by start-up
-    /// re-indexing as well) is still indexed once. On PostgreSQL, passes of several replicas
-    /// take turns.
-    #[tracing::instrument(skip_all)]
-    async fn index_queued(
-        &mut self,
-        newest: &str,
-        limit: i64,
-        index: &(dyn Fn(&Value) -> Vec<IndexEntry> + Sync),
-    ) -> Result<usize, StoreError> {
-        const TYPE: &str = "AuditEvent";
-        self.lock_keys(vec![lock_key("audit_unindexed")]).await?;
-        let queued: Vec<(String, Option<String>)> = on_tx!(self.tx, |conn, _dialect| {
-            sqlx::query_as(sql::SELECT_UNINDEXED).bind(newest).bind(limit).fetch_all(&mut *conn).await?
-        });
-        for (id, content) in &queued {
-            let event: Option<Value> = content.as_deref().and_then(|c| serde_json::from_str(c).ok());
-            self.derived.add(TYPE, id, true, event.as_ref().map(|e| (index(e), &[][..])));
-        }
-        self.flush().await?;
-        let ids: Vec<String> = queued.into_iter().map(|(id, _)| id).collect();
-        on_tx!(self.tx, |conn, dialect| {
-            for statement in search_sql::delete_ids(dialect, "audit_unindexed", &ids) {
-                bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;
-            }
-        });
-        Ok(ids.len())
     }
 
     /// Takes staged AuditEvents into the chain as the engine does best
@@ -721,9 +650,15 @@ impl WriteTx {
     /// the position of the change (0 for the first) that broke it.
     #[tracing::instrument(skip_all)]
     pub async fn commit(mut self) -> Result<(), StoreError> {
-        // AuditEvents go in before the checks, and are chained after them.
-        let audits = std::mem::take(&mut self.audits);
-        let staged = self.stage_audits(audits).await.map_err(audit_failure)?;
+        // AuditEvents go in before the checks, so that their index rows are written with the
+        // changes' own; they are chained after the checks.
+        let staged = match self.audit_index.take() {
+            Some(index) => {
+                let audits = std::mem::take(&mut self.audits);
+                self.stage_audits(audits, &*index).await.map_err(audit_failure)?
+            }
+            None => Vec::new(),
+        };
         self.verify().await?;
         self.chain_audits(staged).await.map_err(audit_failure)?;
         match self.tx {
@@ -732,9 +667,6 @@ impl WriteTx {
         }
         if self.queued_audits {
             self.linker.notify_one();
-        }
-        if self.unindexed_audits {
-            self.indexer.notify_one();
         }
         Ok(())
     }

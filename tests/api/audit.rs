@@ -200,50 +200,6 @@ pub async fn a_blocked_chain_delays_links_and_loses_no_record(app: TestApp) {
     assert_eq!(events(&reads.json).len(), 3, "{}", reads.text);
 }
 
-/// A request waits for its AuditEvent, not for the event's search index rows: the indexer
-/// writes those shortly after, and a search that reads them indexes what waits first. Either
-/// way, each record is found, and found once.
-pub async fn audit_records_are_indexed_after_the_answer_and_found_once(app: TestApp) {
-    let pid = app.create(fixtures::patient()).await["id"].as_str().unwrap().to_owned();
-    for _ in 0..20 {
-        app.get(&format!("Patient/{pid}")).await.expect(200);
-    }
-    // Searches that read AuditEvents' index rows from other types see every record at once:
-    // a reverse include and a reverse chain from the Patient.
-    let with_trail = app.get(&format!("Patient?_id={pid}&_revinclude=AuditEvent:entity&_count=100")).await;
-    with_trail.expect(200);
-    let included = events(&with_trail.json).into_iter().filter(|r| r["resourceType"] == "AuditEvent").count();
-    assert!(included >= 21, "the create and twenty reads: {included}");
-    let has = app.get(&format!("Patient?_has:AuditEvent:entity:action=R&_id={pid}")).await;
-    assert_eq!(has.json["total"], 1, "{}", has.text);
-    // Concurrent searches of the trail, each indexing what waits, count each read once.
-    let searches = (0..8).map(|_| {
-        let app = app.clone();
-        async move { app.get("AuditEvent?action=R&_total=accurate&_count=0").await }
-    });
-    for r in futures::future::join_all(searches).await {
-        assert_eq!(r.json["total"], 20, "{}", r.text);
-    }
-    // With no search to prompt it, the indexer empties its queue by itself.
-    for _ in 0..5 {
-        app.get(&format!("Patient/{pid}")).await.expect(200);
-    }
-    let mut waiting = -1;
-    for _ in 0..100 {
-        waiting = app.count_sql("SELECT COUNT(*) FROM audit_unindexed").await;
-        if waiting == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(waiting, 0, "AuditEvents left unindexed");
-    let events_stored = app.count_sql("SELECT COUNT(*) FROM resources WHERE resource_type = 'AuditEvent'").await;
-    let actions = app
-        .count_sql("SELECT COUNT(*) FROM search_token WHERE resource_type = 'AuditEvent' AND param = 'action'")
-        .await;
-    assert_eq!(actions, events_stored, "one index row per record for its one action");
-}
-
 pub async fn tampering_breaks_the_chain(app: TestApp) {
     let pid = app.create(fixtures::patient()).await["id"].as_str().unwrap().to_owned();
     for _ in 0..4 {

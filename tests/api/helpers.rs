@@ -198,20 +198,6 @@ impl TestApp {
         }
     }
 
-    /// A count read directly from this test's database (of states the API does not show).
-    pub async fn count_sql(&self, query: &str) -> i64 {
-        match self.backend {
-            Backend::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.database_url).await.expect("connect");
-                sqlx::query_scalar(query).fetch_one(&mut conn).await.expect("query runs")
-            }
-            Backend::Postgres => {
-                let mut conn = sqlx::PgConnection::connect(&self.database_url).await.expect("connect");
-                sqlx::query_scalar(query).fetch_one(&mut conn).await.expect("query runs")
-            }
-        }
-    }
-
     /// Sends a request; `body` is sent as FHIR JSON unless `headers` set a Content-Type.
     pub async fn send(
         &self,

@@ -177,21 +177,6 @@ pub enum Filter {
     },
 }
 
-impl Filter {
-    /// Whether testing this filter reads index rows of resources of type `ty` (those of a
-    /// chain's targets or of `_has` sources), beside those of the type searched.
-    pub fn reads_type(&self, ty: &str) -> bool {
-        match self {
-            Self::Chain { target_types, inner, .. } => {
-                target_types.iter().any(|t| t == ty) || inner.iter().any(|f| f.reads_type(ty))
-            }
-            Self::Has { source_type, inner, .. } => source_type == ty || inner.iter().any(|f| f.reads_type(ty)),
-            Self::Not(inner) => inner.reads_type(ty),
-            _ => false,
-        }
-    }
-}
-
 /// A sort key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SortKey {
