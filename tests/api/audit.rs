@@ -200,6 +200,29 @@ pub async fn a_blocked_chain_delays_links_and_loses_no_record(app: TestApp) {
     assert_eq!(events(&reads.json).len(), 3, "{}", reads.text);
 }
 
+/// Searches from other types that read the trail's index (a reverse include, a reverse chain)
+/// see every record of the requests answered before them, and concurrent searches of the
+/// trail count each record once.
+pub async fn the_trail_is_found_from_other_types_and_counted_once(app: TestApp) {
+    let pid = app.create(fixtures::patient()).await["id"].as_str().unwrap().to_owned();
+    for _ in 0..20 {
+        app.get(&format!("Patient/{pid}")).await.expect(200);
+    }
+    let with_trail = app.get(&format!("Patient?_id={pid}&_revinclude=AuditEvent:entity&_count=100")).await;
+    with_trail.expect(200);
+    let included = events(&with_trail.json).into_iter().filter(|r| r["resourceType"] == "AuditEvent").count();
+    assert!(included >= 21, "the create and twenty reads: {included}");
+    let has = app.get(&format!("Patient?_has:AuditEvent:entity:action=R&_id={pid}")).await;
+    assert_eq!(has.json["total"], 1, "{}", has.text);
+    let searches = (0..8).map(|_| {
+        let app = app.clone();
+        async move { app.get("AuditEvent?action=R&_total=accurate&_count=0").await }
+    });
+    for r in futures::future::join_all(searches).await {
+        assert_eq!(r.json["total"], 20, "{}", r.text);
+    }
+}
+
 pub async fn tampering_breaks_the_chain(app: TestApp) {
     let pid = app.create(fixtures::patient()).await["id"].as_str().unwrap().to_owned();
     for _ in 0..4 {

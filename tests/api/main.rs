@@ -149,6 +149,7 @@ fn main() {
         audit::audit_needs_its_own_scope_and_records_denials,
         audit::audit_failure_fails_the_request,
         audit::a_blocked_chain_delays_links_and_loses_no_record,
+        audit::the_trail_is_found_from_other_types_and_counted_once,
         audit::tampering_breaks_the_chain,
         audit::removing_records_breaks_the_chain,
         audit::chain_verifies_under_concurrent_appends,
