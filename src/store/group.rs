@@ -20,6 +20,7 @@ use std::time::Duration;
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use tokio::sync::{oneshot, Mutex, OwnedMutexGuard};
 
+use super::checkpoint::Checkpoints;
 use super::sql::SQLITE;
 use super::StoreError;
 
@@ -38,9 +39,11 @@ pub struct Lane {
 }
 
 /// The group transaction, while one is open.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Slot {
     open: Option<Open>,
+    /// Hears of every commit.
+    checkpoints: Checkpoints,
 }
 
 #[derive(Debug)]
@@ -84,8 +87,9 @@ impl Drop for Waiting<'_> {
 }
 
 impl Lane {
-    pub fn new(writer: SqlitePool, timeout: Duration) -> Self {
-        Self { writer, slot: Arc::default(), waiting: Arc::default(), timeout }
+    pub fn new(writer: SqlitePool, timeout: Duration, checkpoints: Checkpoints) -> Self {
+        let slot = Arc::new(Mutex::new(Slot { open: None, checkpoints }));
+        Self { writer, slot, waiting: Arc::default(), timeout }
     }
 
     /// Starts a write transaction: in the group that is open, or in a new one.
@@ -212,6 +216,9 @@ async fn finish(
 async fn close(mut slot: OwnedMutexGuard<Slot>) -> Result<(), sqlx::Error> {
     let Some(open) = slot.open.take() else { return Ok(()) };
     let committed = open.tx.commit().await;
+    if committed.is_ok() {
+        slot.checkpoints.committed();
+    }
     for waiter in open.waiters {
         let _ = waiter.send(committed.is_ok());
     }

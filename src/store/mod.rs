@@ -12,6 +12,7 @@
 //! replicas. Nothing is kept in memory between requests.
 
 mod audit;
+mod checkpoint;
 mod group;
 mod outbox;
 pub mod search_sql;
@@ -286,17 +287,31 @@ impl Store {
             // every savepoint of a group commit journals the pages it changes, which in a temporary
             // file cost a system call per page. They hold at most the pages one write changes.
             // Readers keep the default, so that a large sort may still spill to disk.
+            // The writer leaves its checkpoints to a connection of its own (see
+            // [`checkpoint`]) up to a backstop.
+            //
+            // Neither pool pings a connection before handing it out (sqlx's default): an
+            // in-process connection cannot have dropped, and the ping cost a round trip to its
+            // thread on every request.
             let writer = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(acquire)
-                .connect_with(options.clone().pragma("temp_store", "memory"))
+                .test_before_acquire(false)
+                .connect_with(
+                    options
+                        .clone()
+                        .pragma("temp_store", "memory")
+                        .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES.to_string()),
+                )
                 .await?;
             let reader = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
                 .acquire_timeout(acquire)
-                .connect_with(options.read_only(true))
+                .test_before_acquire(false)
+                .connect_with(options.clone().read_only(true))
                 .await?;
-            let lane = group::Lane::new(writer.clone(), acquire);
+            let checkpoints = checkpoint::Checkpoints::start(options).await?;
+            let lane = group::Lane::new(writer.clone(), acquire, checkpoints);
             Db::Sqlite { reader, writer, lane }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)?;

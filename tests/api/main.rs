@@ -58,6 +58,7 @@ fn main() {
         metrics::metrics_count_requests_errors_and_latency,
         outage::a_database_outage_is_503_and_recovers,
         outage::a_locked_sqlite_file_is_503_and_recovers,
+        outage::sqlite_writes_reach_the_database_file_in_the_background,
         outage::postgres_stopped_and_restarted_under_load,
         telemetry::traces_join_the_callers_and_reach_the_collector,
         crud::create_assigns_id_version_and_headers,

@@ -144,6 +144,44 @@ pub async fn a_locked_sqlite_file_is_503_and_recovers(app: TestApp) {
     assert_eq!(status, 201);
 }
 
+/// SQLite keeps commits in its write-ahead log until a checkpoint copies them into the database
+/// file. Liaison checkpoints in the background shortly after writes, instead of inside the commit
+/// that takes the log past 1,000 pages: a few writes, far below that, reach the file itself
+/// within moments, read here with the log ignored (`immutable`), as a copy of the file alone
+/// would be.
+pub async fn sqlite_writes_reach_the_database_file_in_the_background(app: TestApp) {
+    if app.backend != Backend::Sqlite {
+        return;
+    }
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(app.create(fixtures::patient()).await["id"].as_str().unwrap().to_owned());
+    }
+    let file = app.database_url.trim_start_matches("sqlite://").split('?').next().unwrap().to_owned();
+    let in_file = || async {
+        // `immutable`: the file alone, without the log or its locks.
+        let url = format!("sqlite://{file}?immutable=true");
+        let Ok(mut conn) = sqlx::SqliteConnection::connect(&url).await else { return 0 };
+        let found: Result<(i64,), _> =
+            sqlx::query_as("SELECT count(*) FROM resources WHERE resource_type = 'Patient' AND id IN (?, ?, ?)")
+                .bind(&ids[0])
+                .bind(&ids[1])
+                .bind(&ids[2])
+                .fetch_one(&mut conn)
+                .await;
+        found.map_or(0, |(n,)| n)
+    };
+    let started = std::time::Instant::now();
+    while in_file().await < 3 && started.elapsed().as_secs() < 10 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(in_file().await, 3, "the patients are in the database file, not only in its log");
+    // The server serves on: the checkpoint kept the log and the file consistent.
+    for id in &ids {
+        app.get(&format!("Patient/{id}")).await.expect(200);
+    }
+}
+
 /// A PostgreSQL cluster of the test's own: made with `initdb` in a temporary directory,
 /// listening on a Unix socket there, stopped and started with `pg_ctl` (as the `postgres` user when the
 /// test runs as root, since PostgreSQL refuses to run as root).
