@@ -143,6 +143,73 @@ impl Table {
 /// Rows per multi-row INSERT: well inside both engines' limits on bound parameters.
 const INSERT_BATCH: usize = 200;
 
+/// Bound parameters PostgreSQL takes in one statement (the protocol counts them in 16 bits).
+const MAX_BINDS: usize = u16::MAX as usize;
+
+/// Joins consecutive INSERTs into one statement where the engine can
+/// ([`Dialect::combine_inserts`]): `WITH w1 AS (INSERT …), w2 AS (INSERT …) INSERT …`.
+/// PostgreSQL runs every data-modifying `WITH` query once, to completion, whether or not the
+/// rest reads it, and a write's rows go to several tables (its history, each index table, its
+/// links, its AuditEvent's), so this saves a round trip and a statement's overhead per table.
+/// Other statements (the deletes of replaced rows) stay apart and in their place, so that
+/// their order against the inserts holds.
+pub fn combine_inserts(dialect: &Dialect, statements: Vec<Sql>) -> Vec<Sql> {
+    if !dialect.combine_inserts {
+        return statements;
+    }
+    let mut out: Vec<Sql> = Vec::with_capacity(statements.len());
+    let mut group: Vec<Sql> = Vec::new();
+    for statement in statements {
+        let binds = group.iter().map(|s| s.binds.len()).sum::<usize>() + statement.binds.len();
+        if !group.is_empty() && (!statement.text.starts_with("INSERT ") || binds > MAX_BINDS) {
+            out.push(joined(std::mem::take(&mut group)));
+        }
+        if statement.text.starts_with("INSERT ") {
+            group.push(statement);
+        } else {
+            out.push(statement);
+        }
+    }
+    if !group.is_empty() {
+        out.push(joined(group));
+    }
+    out
+}
+
+/// `WITH w0 AS (first), w1 AS (second) third`, with the placeholders numbered through.
+fn joined(group: Vec<Sql>) -> Sql {
+    let count = group.len();
+    let mut sql = Sql { text: String::new(), binds: Vec::new(), numbered: true };
+    for (i, statement) in group.into_iter().enumerate() {
+        let text = if i == 0 { statement.text } else { renumbered(&statement.text, sql.binds.len()) };
+        sql.binds.extend(statement.binds);
+        let _ = match i {
+            _ if count == 1 => write!(sql.text, "{text}"),
+            0 => write!(sql.text, "WITH w0 AS ({text})"),
+            _ if i + 1 < count => write!(sql.text, ", w{i} AS ({text})"),
+            _ => write!(sql.text, " {text}"),
+        };
+    }
+    sql
+}
+
+/// `text` with its numbered placeholders (`$1`, `$2`, …) moved up by `offset`. The statements
+/// built here hold no literals, so every `$` starts a placeholder.
+fn renumbered(text: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 8);
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let n: usize = rest[..digits].parse().expect("a numbered placeholder");
+        let _ = write!(out, "{}", n + offset);
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The index and link rows that a batch of writes derives from the resources' content,
 /// written together: each table's rows of the `replaced` resources go first, then the new rows
 /// go in, one multi-row statement per table however many resources the batch holds.
@@ -1146,5 +1213,30 @@ mod tests {
         let inserts = index_inserts(&crate::store::sql::POSTGRES, &[("Patient", "p1", &entries)]);
         assert_eq!(inserts.len(), 3);
         assert_eq!(inserts[0].binds.len(), 200 * 4);
+    }
+
+    #[test]
+    fn postgres_inserts_go_as_one_statement_with_placeholders_numbered_through() {
+        use crate::store::sql::POSTGRES;
+        let row = |a: &str, b: &str| vec![Bind::Text(a.into()), Bind::Text(b.into())];
+        let mut statements = delete_owned(
+            &POSTGRES,
+            "search_token",
+            ("resource_type", "resource_id"),
+            &[("Goal".to_owned(), "g1".to_owned())],
+        );
+        statements.extend(insert_rows(&POSTGRES, "t1", &["a", "b"], vec![row("1", "2"), row("3", "4")]));
+        statements.extend(insert_rows(&POSTGRES, "t2", &["a", "b"], vec![row("5", "6")]));
+        statements.extend(insert_rows(&POSTGRES, "t3", &["a", "b"], vec![row("7", "8")]));
+        let combined = combine_inserts(&POSTGRES, statements.clone());
+        assert_eq!(combined.len(), 2, "the delete, then one statement for the inserts");
+        assert_eq!(combined[0].text, statements[0].text);
+        assert_eq!(
+            combined[1].text,
+            "WITH w0 AS (INSERT INTO t1 (a, b) VALUES ($1, $2), ($3, $4)), \
+             w1 AS (INSERT INTO t2 (a, b) VALUES ($5, $6)) INSERT INTO t3 (a, b) VALUES ($7, $8)"
+        );
+        assert_eq!(combined[1].binds, (1..=8).map(|n| Bind::Text(n.to_string())).collect::<Vec<_>>());
+        assert_eq!(combine_inserts(&SQLITE, statements.clone()).len(), statements.len(), "SQLite: as they were");
     }
 }

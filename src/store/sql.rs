@@ -25,9 +25,12 @@ pub const SELECT_AUDIT_LINKS: &str = "SELECT c.seq, c.id, c.prev_hash, c.hash, r
      WHERE c.seq >= $1 ORDER BY c.seq LIMIT $2";
 
 /// AuditEvents waiting to be linked into the chain, oldest id first, with their recorded time
-/// and stored JSON.
-pub const SELECT_UNLINKED: &str = "SELECT u.id, r.last_updated, r.content FROM audit_unlinked u \
-     JOIN resources r ON r.resource_type = 'AuditEvent' AND r.id = u.id ORDER BY u.id LIMIT $1";
+/// and stored JSON. The queue is limited before the join: joined first, both sides are in id
+/// order, and PostgreSQL's planner (misled by the queue's dead rows) chose a merge join that read
+/// every AuditEvent ever stored for each batch.
+pub const SELECT_UNLINKED: &str = "SELECT u.id, r.last_updated, r.content \
+     FROM (SELECT id FROM audit_unlinked ORDER BY id LIMIT $1) u \
+     JOIN resources r ON r.resource_type = 'AuditEvent' AND r.id = u.id ORDER BY u.id";
 
 /// Takes off the linker's queue what the links after `$1` cover.
 pub const DELETE_LINKED: &str = "DELETE FROM audit_unlinked WHERE id IN (SELECT id FROM audit_chain WHERE seq > $1)";
@@ -60,6 +63,9 @@ pub struct Dialect {
     pub join_driver: bool,
     /// Whether dynamic statements number their placeholders (`$1`) or use `?`.
     pub numbered_params: bool,
+    /// Whether several INSERTs can go as one statement, each a data-modifying `WITH` query
+    /// ([`super::search_sql::combine_inserts`]): one round trip instead of one per table.
+    pub combine_inserts: bool,
     /// Opens and closes a JSON array of SQL values, as text (search paging keys).
     pub json_array_open: &'static str,
     pub json_array_close: &'static str,
@@ -101,6 +107,7 @@ pub const SQLITE: Dialect = Dialect {
     probe_filters: true,
     join_driver: false,
     numbered_params: false,
+    combine_inserts: false,
     json_array_open: "json_array(",
     json_array_close: ")",
     lock_shared: "",
@@ -119,6 +126,7 @@ pub const POSTGRES: Dialect = Dialect {
     probe_filters: false,
     join_driver: true,
     numbered_params: true,
+    combine_inserts: true,
     json_array_open: "json_build_array(",
     json_array_close: ")::text",
     lock_shared: " FOR SHARE",

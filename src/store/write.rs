@@ -88,10 +88,12 @@ pub struct WriteTx {
     /// AuditEvents to append at commit, and how to index them.
     audits: Vec<(String, Map<String, Value>)>,
     audit_index: Option<AuditIndex>,
-    /// The history, index and link rows of the changes so far, not yet written (see
-    /// [`WriteTx::flush`]).
+    /// The history, index and link rows of the changes so far, the rows of staged AuditEvents
+    /// and their entries in the linker's queue, not yet written (see [`WriteTx::flush`]).
     history: Vec<Vec<Bind>>,
     derived: DerivedRows,
+    audit_rows: Vec<Vec<Bind>>,
+    unlinked: Vec<Vec<Bind>>,
     /// The live Subscriptions watching each type, as this transaction read them.
     subscriptions: HashMap<&'static str, Vec<(String, String)>>,
     /// Whether AuditEvents were queued for the chain's linker, and how to wake it.
@@ -178,6 +180,8 @@ impl Store {
             audit_index: None,
             history: Vec::new(),
             derived: DerivedRows::default(),
+            audit_rows: Vec::new(),
+            unlinked: Vec::new(),
             subscriptions: HashMap::new(),
             queued_audits: false,
             linker: self.linker.clone(),
@@ -383,32 +387,31 @@ impl WriteTx {
     /// Appends AuditEvents (`(id, resource)` each) to the audit trail: their rows, their index
     /// rows (`index` of the final content; no history: an AuditEvent has one version), and
     /// their links or their entries in the linker's queue, in a handful of multi-row
-    /// statements. Call it last.
+    /// statements (on PostgreSQL one, with [`search_sql::combine_inserts`]). Call it last.
     pub async fn record_audits(
         &mut self,
         events: Vec<(String, Map<String, Value>)>,
         index: &(dyn Fn(&Value) -> Vec<IndexEntry> + Sync),
     ) -> Result<(), StoreError> {
-        let staged = self.stage_audits(events, index).await?;
+        let staged = self.stage_audits(events, index);
+        let staged = self.queue_for_linker(staged);
         self.flush().await?;
         self.chain_audits(staged).await
     }
 
-    /// Inserts the rows of AuditEvents, with recorded times from
-    /// [`super::audit::recorded_times`], and defers their index rows (see [`Self::flush`]).
-    /// [`Self::chain_audits`] takes them into the chain.
-    #[tracing::instrument(skip_all)]
-    async fn stage_audits(
+    /// Prepares the rows of AuditEvents, with recorded times from
+    /// [`super::audit::recorded_times`], and defers them with their index rows (see
+    /// [`Self::flush`]). [`Self::chain_audits`] takes them into the chain.
+    fn stage_audits(
         &mut self,
         events: Vec<(String, Map<String, Value>)>,
         index: &(dyn Fn(&Value) -> Vec<IndexEntry> + Sync),
-    ) -> Result<Vec<Staged>, StoreError> {
+    ) -> Vec<Staged> {
         const TYPE: &str = "AuditEvent";
         let mut staged = Vec::with_capacity(events.len());
         if events.is_empty() {
-            return Ok(staged);
+            return staged;
         }
-        let mut rows = Vec::with_capacity(events.len());
         let first = super::audit::recorded_times(events.len());
         for (now, (id, mut resource)) in (first..).zip(events) {
             resource.insert("recorded".into(), Value::from(fhir::format_instant(now)));
@@ -417,36 +420,37 @@ impl WriteTx {
             self.derived.index.push(((TYPE.to_owned(), id.clone()), index(&value)));
             let content = value.to_string();
             let text = |s: &str| Bind::Text(s.to_owned());
-            rows.push(vec![text(TYPE), text(&id), Bind::Int(1), Bind::Int(now), Bind::Bool(false), text(&content)]);
+            self.audit_rows.push(vec![
+                text(TYPE),
+                text(&id),
+                Bind::Int(1),
+                Bind::Int(now),
+                Bind::Bool(false),
+                text(&content),
+            ]);
             staged.push((id, now, content));
         }
-        on_tx!(self.tx, |conn, dialect| {
-            let columns = ["resource_type", "id", "version_id", "last_updated", "deleted", "content"];
-            for statement in search_sql::insert_rows(dialect, "resources", &columns, rows) {
-                bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;
-            }
-        });
-        Ok(staged)
+        staged
     }
 
-    /// Takes staged AuditEvents into the chain as the engine does best
-    /// ([`Dialect::link_at_commit`]): links them here, or queues them for the linker
-    /// ([`Store::link_audits`]) and wakes it after the commit.
+    /// Where the engine leaves the chain to the linker ([`Dialect::link_at_commit`] false),
+    /// defers the staged AuditEvents' entries in its queue ([`Store::link_audits`]), to be woken
+    /// after the commit, and hands back none to link here.
+    fn queue_for_linker(&mut self, staged: Vec<Staged>) -> Vec<Staged> {
+        if self.dialect().link_at_commit || staged.is_empty() {
+            return staged;
+        }
+        self.unlinked.extend(staged.into_iter().map(|(id, ..)| vec![Bind::Text(id)]));
+        self.queued_audits = true;
+        Vec::new()
+    }
+
+    /// Links staged AuditEvents into the chain here, where the engine links at commit.
     async fn chain_audits(&mut self, staged: Vec<Staged>) -> Result<(), StoreError> {
         if staged.is_empty() {
             return Ok(());
         }
-        if self.dialect().link_at_commit {
-            self.link(Links::Staged(&staged)).await?;
-            return Ok(());
-        }
-        let ids = staged.into_iter().map(|(id, ..)| vec![Bind::Text(id)]).collect();
-        on_tx!(self.tx, |conn, dialect| {
-            for statement in search_sql::insert_rows(dialect, "audit_unlinked", &["id"], ids) {
-                bind_all!(sqlx::query(&statement.text).persistent(false), statement).execute(&mut *conn).await?;
-            }
-        });
-        self.queued_audits = true;
+        self.link(Links::Staged(&staged)).await?;
         Ok(())
     }
 
@@ -506,19 +510,26 @@ impl WriteTx {
     /// and integrity checks), and at commit.
     #[tracing::instrument(skip_all)]
     async fn flush(&mut self) -> Result<(), StoreError> {
-        if self.history.is_empty() && self.derived.is_empty() {
+        if self.history.is_empty() && self.derived.is_empty() && self.audit_rows.is_empty() && self.unlinked.is_empty()
+        {
             return Ok(());
         }
         let history = std::mem::take(&mut self.history);
         let derived = std::mem::take(&mut self.derived);
+        let audit_rows = std::mem::take(&mut self.audit_rows);
+        let unlinked = std::mem::take(&mut self.unlinked);
         // Statements for one write and its AuditEvent recur in a few shapes and are worth
         // keeping prepared; those of larger batches rarely recur.
         let keep = derived.index.len() <= 2;
         on_tx!(self.tx, |conn, dialect| {
+            // The deletes of replaced rows first, then every insert.
+            let mut statements = derived.statements(dialect);
             let columns = ["resource_type", "id", "version_id", "last_updated", "method", "content"];
-            let mut statements = search_sql::insert_rows(dialect, "resource_history", &columns, history);
-            statements.extend(derived.statements(dialect));
-            for statement in statements {
+            statements.extend(search_sql::insert_rows(dialect, "resource_history", &columns, history));
+            let columns = ["resource_type", "id", "version_id", "last_updated", "deleted", "content"];
+            statements.extend(search_sql::insert_rows(dialect, "resources", &columns, audit_rows));
+            statements.extend(search_sql::insert_rows(dialect, "audit_unlinked", &["id"], unlinked));
+            for statement in search_sql::combine_inserts(dialect, statements) {
                 bind_all!(sqlx::query(&statement.text).persistent(keep), statement).execute(&mut *conn).await?;
             }
         });
@@ -650,17 +661,24 @@ impl WriteTx {
     /// the position of the change (0 for the first) that broke it.
     #[tracing::instrument(skip_all)]
     pub async fn commit(mut self) -> Result<(), StoreError> {
-        // AuditEvents go in before the checks, so that their index rows are written with the
-        // changes' own; they are chained after the checks.
+        // AuditEvents go in before the checks, so that their rows are written with the changes'
+        // own; they are chained (or queued for the linker) after the checks, so that a failure
+        // there is known as the audit trail's.
         let staged = match self.audit_index.take() {
             Some(index) => {
                 let audits = std::mem::take(&mut self.audits);
-                self.stage_audits(audits, &*index).await.map_err(audit_failure)?
+                self.stage_audits(audits, &*index)
             }
             None => Vec::new(),
         };
         self.verify().await?;
-        self.chain_audits(staged).await.map_err(audit_failure)?;
+        let staged = self.queue_for_linker(staged);
+        async {
+            self.flush().await?;
+            self.chain_audits(staged).await
+        }
+        .await
+        .map_err(audit_failure)?;
         match self.tx {
             Tx::Sqlite(member) => member.end(true).await?,
             Tx::Postgres(t) => t.commit().await?,
