@@ -147,7 +147,7 @@ const INSERT_BATCH: usize = 200;
 const MAX_BINDS: usize = u16::MAX as usize;
 
 /// Joins consecutive INSERTs into one statement where the engine can
-/// ([`Dialect::combine_inserts`]): `WITH w1 AS (INSERT …), w2 AS (INSERT …) INSERT …`.
+/// ([`Dialect::combine_inserts`]): `WITH w0 AS (INSERT …), w1 AS (INSERT …) INSERT …`.
 /// PostgreSQL runs every data-modifying `WITH` query once, to completion, whether or not the
 /// rest reads it, and a write's rows go to several tables (its history, each index table, its
 /// links, its AuditEvent's), so this saves a round trip and a statement's overhead per table.
@@ -177,16 +177,18 @@ pub fn combine_inserts(dialect: &Dialect, statements: Vec<Sql>) -> Vec<Sql> {
 }
 
 /// `WITH w0 AS (first), w1 AS (second) third`, with the placeholders numbered through.
-fn joined(group: Vec<Sql>) -> Sql {
-    let count = group.len();
-    let mut sql = Sql { text: String::new(), binds: Vec::new(), numbered: true };
+fn joined(mut group: Vec<Sql>) -> Sql {
+    if group.len() == 1 {
+        return group.remove(0);
+    }
+    let last = group.len() - 1;
+    let mut sql = Sql { text: "WITH ".to_owned(), binds: Vec::new(), numbered: true };
     for (i, statement) in group.into_iter().enumerate() {
-        let text = if i == 0 { statement.text } else { renumbered(&statement.text, sql.binds.len()) };
+        let text = renumbered(&statement.text, sql.binds.len());
         sql.binds.extend(statement.binds);
         let _ = match i {
-            _ if count == 1 => write!(sql.text, "{text}"),
-            0 => write!(sql.text, "WITH w0 AS ({text})"),
-            _ if i + 1 < count => write!(sql.text, ", w{i} AS ({text})"),
+            0 => write!(sql.text, "w0 AS ({text})"),
+            _ if i < last => write!(sql.text, ", w{i} AS ({text})"),
             _ => write!(sql.text, " {text}"),
         };
     }
