@@ -126,14 +126,25 @@ pub(super) fn interaction(method: &Method, route: &str) -> (&'static str, &'stat
 
 /// What a read tells the audit layer: the version read and its patients.
 pub fn read_detail(state: &AppState, ty: &str, id: &str, version: i64, content: Option<&str>) -> AuditDetail {
-    let patients = match content.and_then(|c| serde_json::from_str::<Value>(c).ok()) {
-        Some(resource) => {
-            let index = state.registry.search.extract(&state.registry.definitions, ty, &resource, &state.base_url);
-            patients_in(ty, id, &index)
-        }
-        None => Vec::new(),
-    };
+    let patients = patients_of(state, ty, id, content);
     AuditDetail { entities: vec![format!("{ty}/{id}/_history/{version}")], patients, ..AuditDetail::default() }
+}
+
+/// The patients whose compartment a stored version's content (none when deleted) puts it in.
+/// Only the compartment's parameters are extracted, not the whole index.
+pub fn patients_of(state: &AppState, ty: &str, id: &str, content: Option<&str>) -> Vec<String> {
+    let Some(content) = content else {
+        return Vec::new();
+    };
+    let params = compartment_params(ty).unwrap_or_default();
+    let index = match serde_json::from_str::<Value>(content) {
+        Ok(resource) if !params.is_empty() => {
+            let (search, defs) = (&state.registry.search, &state.registry.definitions);
+            search.extract_only(defs, ty, &resource, &state.base_url, params)
+        }
+        _ => Vec::new(),
+    };
+    patients_in(ty, id, &index)
 }
 
 /// The patients whose compartment a resource with these index entries is in.

@@ -21,6 +21,7 @@ use crate::auth::Principal;
 use crate::error::AppError;
 use crate::fhir::search::query::Filter;
 use crate::fhir::{self};
+use crate::http::audited::patients_of;
 use crate::state::AppState;
 use crate::store::{StoreError, Version};
 
@@ -148,7 +149,10 @@ pub async fn keep_disclosed(
         .iter()
         .map(|v| match own {
             Some(own) if gone.contains(&(v.resource_type.clone(), v.id.clone())) => {
-                patients_of(state, v).into_iter().filter(|p| Some(p.as_str()) != own).collect()
+                patients_of(state, &v.resource_type, &v.id, v.content.as_deref())
+                    .into_iter()
+                    .filter(|p| Some(p.as_str()) != own)
+                    .collect()
             }
             _ => Vec::new(),
         })
@@ -168,16 +172,6 @@ pub async fn keep_disclosed(
         }
     }
     Ok((kept, withheld))
-}
-
-/// The patients whose compartment a version's content puts it in.
-fn patients_of(state: &AppState, version: &Version) -> Vec<String> {
-    let Some(resource) = version.content.as_deref().and_then(|c| serde_json::from_str(c).ok()) else {
-        return Vec::new();
-    };
-    let index =
-        state.registry.search.extract(&state.registry.definitions, &version.resource_type, &resource, &state.base_url);
-    crate::http::audited::patients_in(&version.resource_type, &version.id, &index)
 }
 
 /// Checks that `caller` may see `version`: 403 otherwise, as a response that tells the audit

@@ -191,9 +191,33 @@ impl SearchParams {
     /// The index entries of a resource. `_id` and `_lastUpdated` are not indexed: they are
     /// columns of the resource row.
     pub fn extract(&self, defs: &Definitions, ty: &str, resource: &Value, base_url: &str) -> Vec<IndexEntry> {
+        self.extract_where(defs, ty, resource, base_url, |_| true)
+    }
+
+    /// The index entries of a resource for the parameters in `only`, as [`Self::extract`]
+    /// gives them.
+    pub fn extract_only(
+        &self,
+        defs: &Definitions,
+        ty: &str,
+        resource: &Value,
+        base_url: &str,
+        only: &[String],
+    ) -> Vec<IndexEntry> {
+        self.extract_where(defs, ty, resource, base_url, |code| only.iter().any(|o| o == code))
+    }
+
+    fn extract_where(
+        &self,
+        defs: &Definitions,
+        ty: &str,
+        resource: &Value,
+        base_url: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Vec<IndexEntry> {
         let mut out = Vec::new();
         for p in self.for_type(ty) {
-            if p.code == "_id" || p.code == "_lastUpdated" {
+            if p.code == "_id" || p.code == "_lastUpdated" || !keep(&p.code) {
                 continue;
             }
             for node in path::evaluate(defs, &p.expression, resource, ty) {
