@@ -219,17 +219,19 @@ def sqlite_ceiling_in(binary, seconds, path):
         a, patient = fresh(), f"pat-{random.randrange(200)}"
         return audit_rows(a, "Patient", patient, patient, "R", "read"), [a]
 
+    def commit_batch(write, per_commit):
+        batch = [write() for _ in range(per_commit)]
+        commit(merge(*(rows for rows, _ in batch)), [a for _, audits in batch for a in audits])
+
     def rate(write, per_commit):
         done, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            batch = [write() for _ in range(per_commit)]
-            commit(merge(*(rows for rows, _ in batch)), [a for _, audits in batch for a in audits])
+            commit_batch(write, per_commit)
             done += per_commit
         return done / (time.perf_counter() - start)
 
     for _ in range(20):  # some data first, so that the indexes are not empty
-        batch = [create() for _ in range(100)]
-        commit(merge(*(rows for rows, _ in batch)), [a for _, audits in batch for a in audits])
+        commit_batch(create, 100)
     print(f"SQLite {sqlite3.sqlite_version}, WAL, one writer, in process")
     for synchronous in ("FULL", "OFF"):
         db.execute(f"PRAGMA synchronous={synchronous}")
